@@ -1,0 +1,167 @@
+"""The Transformer backbone shared by CALM and the discrete baseline (spec section 3: "a standard
+causal Transformer (official: Llama)"): pre-norm RMSNorm, rotary position embeddings, SwiGLU, no
+biases, attention through `F.scaled_dot_product_attention` (FlashAttention on CUDA).
+
+It takes input *embeddings* (B, T, d) and returns normalised hidden states (B, T, d): the baseline
+feeds token embeddings, CALM feeds compressed chunk vectors. `KVCache` makes decoding incremental;
+explicit `pos` and `mask` let a caller attend in any pattern (BrierLM uses this to roll out every
+position of a block in parallel).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class BackboneConfig:
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    ffn_hidden: int = 0          # 0: 8/3 * n_embd rounded up to a multiple of 64 (Llama)
+    rope_theta: float = 10000.0
+
+    @property
+    def hidden(self) -> int:
+        return self.ffn_hidden or 64 * math.ceil(8 * self.n_embd / 3 / 64)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+class SwiGLU(nn.Module):
+    """W_down (SiLU(W_gate x) * W_up x), no biases."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate = nn.Linear(dim, hidden, bias=False)
+        self.up = nn.Linear(dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class ResidualSwiGLU(nn.Module):
+    """h <- h + SwiGLU(RMSNorm(h)): the position-wise block of the backbone and the autoencoder."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.norm = RMSNorm(dim)
+        self.mlp = SwiGLU(dim, hidden)
+
+    def forward(self, x):
+        return x + self.mlp(self.norm(x))
+
+
+def rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotate the two halves of each head (x: (B, H, T, hd)) by angles pos * theta^(-2i/hd)."""
+    hd = x.shape[-1]
+    inv_freq = theta ** (-torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd)  # (hd/2,)
+    ang = pos.to(torch.float32)[:, None] * inv_freq                                          # (T, hd/2)
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated for `max_len` positions: (B, H, max_len, hd) each."""
+
+    def __init__(self, cfg: BackboneConfig, batch_size: int, max_len: int, device, dtype=torch.float32):
+        hd = cfg.n_embd // cfg.n_head
+        shape = (batch_size, cfg.n_head, max_len, hd)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.length = 0          # positions filled so far
+        self.max_len = max_len
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        self.n_head, self.theta = cfg.n_head, cfg.rope_theta
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+
+    def forward(self, x, pos, mask=None, cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (B, H, T, hd)
+        q, k = rope(q, pos, self.theta), rope(k, pos, self.theta)
+        is_causal = mask is None
+        if cache is not None:
+            start = cache.length
+            if start + T > cache.max_len:
+                raise ValueError(f"KV cache full: {start} + {T} positions > max_len {cache.max_len}")
+            cache.k[layer][:, :, start:start + T] = k.to(cache.k[layer].dtype)
+            cache.v[layer][:, :, start:start + T] = v.to(cache.v[layer].dtype)
+            k = cache.k[layer][:, :, :start + T].to(q.dtype)                                      # (B, H, S, hd)
+            v = cache.v[layer][:, :, :start + T].to(q.dtype)
+            if mask is None and start > 0:
+                is_causal = False
+                if T > 1:  # query i sits at position start + i and sees keys 0..start+i
+                    mask = torch.arange(start + T, device=x.device) <= (start + torch.arange(T, device=x.device))[:, None]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and T > 1)  # (B, H, T, hd)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.n_embd)
+        self.attn = Attention(cfg)
+        self.mlp = ResidualSwiGLU(cfg.n_embd, cfg.hidden)
+
+    def forward(self, x, pos, mask=None, cache=None, layer=0):
+        x = x + self.attn(self.attn_norm(x), pos, mask, cache, layer)
+        return self.mlp(x)
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.n_embd)
+        self.apply(init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale the residual projections by depth
+            if name.endswith('proj.weight') or name.endswith('down.weight'):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, pos: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, d) -> hidden states (B, T, d). Without `pos`, positions continue the cache
+        (0..T-1 without one); without `mask`, attention is causal over cache + x. A given `mask`
+        (T, S) is True where query t may attend key s of the S = cache length + T keys."""
+        T = x.shape[1]
+        start = cache.length if cache is not None else 0
+        if pos is None:
+            pos = torch.arange(start, start + T, device=x.device)
+        for i, block in enumerate(self.blocks):
+            x = block(x, pos, mask, cache, i)
+        if cache is not None:
+            cache.length += T
+        return self.norm(x)
+
+    def make_cache(self, batch_size: int, max_len: int, device, dtype=torch.float32) -> KVCache:
+        return KVCache(self.cfg, batch_size, max_len, device, dtype)
+
+
+def init_weights(m: nn.Module):
+    if isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.normal_(m.weight, std=0.02)

@@ -1,0 +1,287 @@
+"""Typed configuration and the small `--key=value` command-line parser.
+
+Every script has one flat dataclass (`TrainConfig`, `SampleConfig`, `EvalConfig`). Its values come,
+in order, from the dataclass defaults, then from preset files (`config/*.py`: plain assignments such
+as `n_layer = 4`), then from `--key=value` flags. Unknown keys are refused with the list of valid
+ones, values are coerced to the field's type (an int is accepted for a float), and `validate()`
+checks ranges, so a bad flag fails at once with a message instead of deep inside torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import get_type_hints
+
+
+class ConfigError(ValueError):
+    """A flag, preset or value the user must fix; the message says how."""
+
+
+# ----------------------------------------------------------------------------------------------
+# parsing
+
+
+def _coerce(name: str, text: str, typ: type):
+    if typ is bool:
+        low = text.lower()
+        if low in ('1', 'true', 'yes', 'on'):
+            return True
+        if low in ('0', 'false', 'no', 'off'):
+            return False
+        raise ConfigError(f"--{name} expects a boolean (true/false), got {text!r}")
+    if typ is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"--{name} expects an integer, got {text!r}") from None
+    if typ is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"--{name} expects a number, got {text!r}") from None
+    return text
+
+
+def _check_value(name: str, value, typ: type):
+    """Values from preset files are Python objects: accept int for float, nothing else loose."""
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is bool and not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+    if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if typ is float and not isinstance(value, float):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if typ is str and not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def _unknown(key: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean --{close[0]}?)" if close else ''
+    return ConfigError(f"unknown option --{key}{hint}. Valid options: " + ', '.join(sorted(valid)))
+
+
+def parse_args(argv: list[str], cls):
+    """Build a `cls` config from preset files and `--key=value` flags, then validate it."""
+    hints = get_type_hints(cls)
+    valid = [f.name for f in fields(cls)]
+    values: dict = {}
+    for arg in argv:
+        if arg in ('-h', '--help'):
+            raise ConfigError(help_text(cls))
+        if arg.startswith('--'):
+            key, eq, text = arg[2:].partition('=')
+            if not eq:
+                raise ConfigError(f"flags are written --key=value, got {arg!r}")
+            key = key.replace('-', '_')
+            if key not in hints:
+                raise _unknown(key, valid)
+            values[key] = _coerce(key, text, hints[key])
+        else:
+            values.update(load_preset(arg, cls))
+    cfg = cls(**values)
+    cfg.validate()
+    return cfg
+
+
+def load_preset(path: str, cls) -> dict:
+    """Run a preset file (plain `key = value` lines) and keep its assignments."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"preset file {path!r} not found (presets live in config/, e.g. config/tiny.py)")
+    scope: dict = {}
+    try:
+        exec(compile(p.read_text(), str(p), 'exec'), {}, scope)
+    except Exception as e:  # a syntax error in a preset is the user's to fix
+        raise ConfigError(f"preset {path} could not be read: {e}") from None
+    hints = get_type_hints(cls)
+    out = {}
+    for key, value in scope.items():
+        if key.startswith('_') or isinstance(value, type(dataclasses)):
+            continue
+        if key not in hints:
+            raise ConfigError(f"preset {path}: " + str(_unknown(key, list(hints))))
+        out[key] = _check_value(key, value, hints[key])
+    return out
+
+
+def help_text(cls) -> str:
+    lines = [f"options of {cls.__name__} (--key=value):"]
+    for f in fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"  --{f.name}={default!r}")
+    return '\n'.join(lines)
+
+
+def _positive(cfg, *names):
+    for n in names:
+        if getattr(cfg, n) <= 0:
+            raise ConfigError(f"--{n} must be positive, got {getattr(cfg, n)}")
+
+
+def _prob(cfg, *names):
+    for n in names:
+        v = getattr(cfg, n)
+        if not (0.0 <= v < 1.0):
+            raise ConfigError(f"--{n} must be in [0, 1), got {v}")
+
+
+def _choice(cfg, name, options):
+    if getattr(cfg, name) not in options:
+        raise ConfigError(f"--{name} must be one of {', '.join(options)}; got {getattr(cfg, name)!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# the configs
+
+
+@dataclass
+class TrainConfig:
+    # what to train: 'gpt' (discrete baseline), 'ae' (stage 1), 'calm' (stage 2)
+    model: str = 'gpt'
+    out_dir: str = 'out'               # checkpoints are {out_dir}/{model}.pt, logs {out_dir}/{model}.jsonl
+    resume: bool = False               # continue {out_dir}/{model}.pt exactly where it stopped
+    overwrite: bool = False            # allow replacing an existing checkpoint with a new run
+    seed: int = 1337
+    device: str = 'auto'               # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
+    dtype: str = 'auto'                # auto (bf16 autocast where supported), float32, bfloat16
+    compile: str = 'auto'              # auto (on for CUDA, off on CPU), true, false
+    # data
+    dataset: str = 'sotu'              # 'sotu' (bundled) or a .txt file, a folder of .txt, a .jsonl
+    tokenizer: str = 'bpe'             # 'bpe' (trained on the train split), 'bytes', or a tokenizer.json
+    vocab_size: int = 4096             # for 'bpe'
+    data_dir: str = 'data_cache'       # where prepared .bin files go
+    block_size: int = 256              # context in tokens (CALM: block_size // chunk_size positions)
+    # backbone (shared by gpt and calm)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    ffn_hidden: int = 0                # 0: about 8/3 n_embd, rounded to 64 (Llama)
+    rope_theta: float = 10000.0
+    # autoencoder (stage 1; spec section 2)
+    chunk_size: int = 4                # K
+    latent_size: int = 128             # l
+    ae_dim: int = 512
+    ae_hidden: int = 1280
+    ae_blocks: int = 1                 # residual blocks per stage
+    token_dropout: float = 0.15
+    latent_dropout: float = 0.15
+    kl_clip: float = 0.5               # per-dimension KL floor; 0 turns clipping off
+    kl_beta: float = 0.001
+    ae_ckpt: str = ''                  # calm: the frozen AE ('' = {out_dir}/ae.pt, trained first if missing)
+    ae_max_iters: int = 2000           # used when --model=ae, or when calm trains its missing AE
+    ae_batch_size: int = 512           # chunks per step
+    ae_lr: float = 1e-3
+    # energy head and loss (stage 2; spec section 3)
+    head_blocks: int = 4
+    noise_size: int = 64
+    n_samples: int = 8                 # N model samples per position
+    n_targets: int = 100               # M posterior draws per position
+    alpha: float = 1.0
+    # optimisation
+    batch_size: int = 16               # sequences per micro-step
+    grad_accum: int = 1
+    max_iters: int = 2000
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1          # cosine decays to lr * min_lr_ratio
+    lr_schedule: str = 'cosine'        # cosine or constant (after warmup)
+    warmup_iters: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0             # 0 turns clipping off
+    # logging and evaluation
+    log_interval: int = 25
+    eval_interval: int = 250
+    eval_iters: int = 20
+    brier_blocks: int = 8              # blocks of validation text for BrierLM at each eval (0: off)
+    num_samples: int = 2               # samples printed at the end of training (0: none)
+    sample_tokens: int = 64
+
+    def validate(self):
+        _choice(self, 'model', ('gpt', 'ae', 'calm'))
+        _choice(self, 'lr_schedule', ('cosine', 'constant'))
+        _choice(self, 'compile', ('auto', 'true', 'false'))
+        _choice(self, 'dtype', ('auto', 'float32', 'bfloat16'))
+        _positive(self, 'vocab_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'chunk_size',
+                  'latent_size', 'ae_dim', 'ae_hidden', 'ae_blocks', 'ae_max_iters', 'ae_batch_size',
+                  'ae_lr', 'head_blocks', 'noise_size', 'n_targets', 'batch_size', 'grad_accum',
+                  'max_iters', 'lr', 'rope_theta', 'log_interval', 'eval_interval', 'eval_iters')
+        _prob(self, 'token_dropout', 'latent_dropout')
+        for n in ('weight_decay', 'grad_clip', 'min_lr_ratio', 'warmup_iters', 'kl_clip', 'kl_beta', 'ffn_hidden',
+                  'brier_blocks', 'num_samples', 'sample_tokens'):
+            if getattr(self, n) < 0:
+                raise ConfigError(f"--{n} must be >= 0, got {getattr(self, n)}")
+        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
+            raise ConfigError(f"--n_embd={self.n_embd} must be divisible by --n_head={self.n_head} "
+                              f"into an even head size (RoPE rotates pairs)")
+        if self.n_samples < 2:
+            raise ConfigError(f"--n_samples must be >= 2 (the energy loss's diversity term needs two "
+                              f"samples), got {self.n_samples}")
+        if not (0 < self.alpha <= 2):
+            raise ConfigError(f"--alpha must be in (0, 2], got {self.alpha}")
+        if self.model == 'calm' and self.block_size < 2 * self.chunk_size:
+            raise ConfigError(f"--block_size={self.block_size} must hold at least two chunks of "
+                              f"--chunk_size={self.chunk_size} tokens for CALM")
+        if self.tokenizer == 'bpe' and self.vocab_size < 260:
+            raise ConfigError(f"--vocab_size must be >= 260 for a byte-level BPE, got {self.vocab_size}")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other: choose one")
+
+    @property
+    def ckpt_path(self) -> Path:
+        return Path(self.out_dir) / f"{self.model}.pt"
+
+    @property
+    def ae_ckpt_path(self) -> Path:
+        return Path(self.ae_ckpt) if self.ae_ckpt else Path(self.out_dir) / 'ae.pt'
+
+
+@dataclass
+class SampleConfig:
+    ckpt: str = 'out/calm.pt'
+    prompt: str = '\n'                 # text, or FILE:path to read the prompt from a file
+    max_new_tokens: int = 128
+    num_samples: int = 2
+    temperature: float = 1.0
+    top_k: int = 0                     # gpt only; 0: off
+    sampler: str = 'batch'             # calm with temperature < 1: 'batch' (Algorithm 2) or 'exact' (Algorithm 1)
+    num_candidates: int = 200          # calm 'batch' sampler pool size N
+    max_draws: int = 100000            # calm 'exact' sampler: bound on draws per chunk
+    seed: int = 1337
+    device: str = 'auto'
+
+    def validate(self):
+        _positive(self, 'max_new_tokens', 'num_samples', 'num_candidates', 'max_draws')
+        _choice(self, 'sampler', ('batch', 'exact'))
+        if not (self.temperature > 0) or math.isnan(self.temperature):
+            raise ConfigError(f"--temperature must be > 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError(f"--top_k must be >= 0, got {self.top_k}")
+
+
+@dataclass
+class EvalConfig:
+    ckpt: str = 'out/calm.pt'
+    split: str = 'val'                 # val, test (Moby Dick for the bundled corpus), train
+    context: int = 256                 # tokens of context per block (same for CALM and the baseline)
+    max_blocks: int = 64               # blocks of `context` tokens evaluated (0: all)
+    batch_size: int = 16
+    seed: int = 1337
+    bootstrap: int = 1000              # bootstrap resamples for standard errors
+    device: str = 'auto'
+    out: str = ''                      # also write the JSON here
+
+    def validate(self):
+        _positive(self, 'context', 'batch_size', 'bootstrap')
+        if self.max_blocks < 0:
+            raise ConfigError(f"--max_blocks must be >= 0, got {self.max_blocks}")
+
+
+def asdict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,22 @@
+# Seconds-long runs for the tests: a tiny backbone, few iterations, small batches.
+n_layer = 2
+n_head = 2
+n_embd = 64
+block_size = 32
+batch_size = 4
+max_iters = 6
+warmup_iters = 2
+eval_interval = 3
+eval_iters = 2
+log_interval = 1
+brier_blocks = 2
+num_samples = 0
+chunk_size = 4
+latent_size = 16
+ae_dim = 64
+ae_hidden = 128
+ae_max_iters = 6
+ae_batch_size = 64
+head_blocks = 2
+noise_size = 16
+n_targets = 16

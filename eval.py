@@ -1,0 +1,133 @@
+"""Evaluate a checkpoint and print JSON (also written to --out).
+
+    python eval.py --ckpt=out/tiny/calm.pt --split=test        # BrierLM (+ CE and bits/byte for gpt)
+    python eval.py --ckpt=out/tiny/ae.pt --split=val           # autoencoder reconstruction
+
+Protocol (recorded in the output): the split is cut into consecutive blocks of --context tokens
+(--max_blocks of them, spread evenly); CALM and the baseline see exactly the same blocks and are
+scored on the same 4-grams (those starting at every multiple of 4 tokens, i.e. CALM's chunk
+boundaries for K = 4), each with all the block's tokens before it as context.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from calm_min.brierlm import evaluate_brier
+from calm_min.checkpoint import CheckpointError, load_model, pick_device
+from calm_min.config import ConfigError, EvalConfig, parse_args
+from calm_min.data import ChunkIndex, DataError, eval_blocks, load_corpus
+
+NOISE_LEVELS = (0.1, 0.2, 0.3, 0.5, 1.0)
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def eval_lm(model, blocks, cfg: EvalConfig, bytes_per_token: float) -> dict:
+    """CE and bits per byte (baseline only) and BrierLM on blocks (n, C)."""
+    dev = next(model.parameters()).device
+    out = {}
+    if model.kind == 'gpt':
+        nll, n = 0.0, 0
+        for i in range(0, len(blocks), cfg.batch_size):
+            x = blocks[i:i + cfg.batch_size].to(dev)
+            logits, _ = model(x[:, :-1])
+            nll += F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten(), reduction='sum').item()
+            n += x[:, 1:].numel()
+        out['cross_entropy'] = nll / n
+        out['bits_per_byte'] = nll / n / math.log(2) / bytes_per_token
+        out['ce_tokens'] = n
+    out.update(evaluate_brier(model, blocks, cfg.batch_size, exact=True, seed=cfg.seed, n_boot=cfg.bootstrap))
+    return out
+
+
+@torch.no_grad()
+def eval_ae(ae, chunks: torch.Tensor, cfg: EvalConfig) -> dict:
+    """Reconstruction of chunks (n, K): z = mu and z sampled, per-dimension KL, robustness to noise."""
+    dev = next(ae.parameters()).device
+    g = torch.Generator(device=dev).manual_seed(cfg.seed)
+    sums: dict = {}
+    kl_dim = torch.zeros(ae.cfg.latent_size, dtype=torch.float64)
+    bs = 4096
+    for i in range(0, len(chunks), bs):
+        x = chunks[i:i + bs].to(dev)
+        mu, log_sigma = ae.encode(x)
+        kl, _ = ae.kl_terms(mu, log_sigma)
+        kl_dim += kl.double().sum(0).cpu()
+        sums['sigma'] = sums.get('sigma', 0.0) + log_sigma.exp().mean(-1).sum().item()
+        zs = {'mu': mu, 'sampled': ae.sample_latent(mu, log_sigma, generator=g)}
+        for s in NOISE_LEVELS:
+            zs[f'noise_{s}'] = mu + s * torch.randn(mu.shape, generator=g, device=dev)
+        for name, z in zs.items():
+            ok = ae.decode(z) == x                                            # (b, K)
+            sums[f'{name}_tok'] = sums.get(f'{name}_tok', 0) + ok.sum().item()
+            sums[f'{name}_chunk'] = sums.get(f'{name}_chunk', 0) + ok.all(-1).sum().item()
+    n, K = chunks.shape
+    kl_dim /= n
+    return {
+        'token_accuracy_mu': sums['mu_tok'] / (n * K), 'chunk_exact_mu': sums['mu_chunk'] / n,
+        'token_accuracy_sampled': sums['sampled_tok'] / (n * K), 'chunk_exact_sampled': sums['sampled_chunk'] / n,
+        'mean_sigma': sums['sigma'] / n,
+        'kl_per_dim': [round(v, 4) for v in kl_dim.tolist()],
+        'kl_total': float(kl_dim.sum()),
+        'collapsed_dims': int((kl_dim < 0.01).sum()),
+        'noise_robustness': {str(s): {'token_accuracy': sums[f'noise_{s}_tok'] / (n * K),
+                                      'chunk_exact': sums[f'noise_{s}_chunk'] / n} for s in NOISE_LEVELS},
+        'chunks': n,
+    }
+
+
+def main(cfg: EvalConfig) -> dict:
+    device = pick_device(cfg.device)
+    model, ckpt = load_model(cfg.ckpt, device=device)
+    tc = ckpt['train_config']
+    corpus = load_corpus(tc['dataset'], tc['tokenizer'], tc['vocab_size'], tc['data_dir'], verbose=False)
+    if corpus.tokenizer.identity != ckpt['tokenizer']:
+        raise CheckpointError(f"{cfg.ckpt} was trained with tokenizer {ckpt['tokenizer']} but the prepared data in "
+                              f"{corpus.folder} uses {corpus.tokenizer.identity}")
+    tokens = corpus.tokens(cfg.split)
+    protocol = {'dataset': tc['dataset'], 'split': cfg.split, 'checkpoint': str(cfg.ckpt), 'kind': ckpt['kind'],
+                'checkpoint_sha256': file_sha256(cfg.ckpt), 'step': ckpt['step'], 'seed': cfg.seed,
+                'tokenizer': ckpt['tokenizer']['kind'], 'vocab_size': ckpt['tokenizer']['vocab_size']}
+    if model.kind == 'ae':
+        idx = ChunkIndex(tokens, corpus.doc_starts(cfg.split), model.cfg.chunk_size, corpus.tokenizer.eot_id)
+        n = idx.total if not cfg.max_blocks else min(idx.total, cfg.max_blocks * cfg.context // model.cfg.chunk_size)
+        ids = torch.linspace(0, idx.total - 1, n).round().long()
+        protocol['packing'] = 'documents start on chunk boundaries, tails padded with end-of-text'
+        result = eval_ae(model, idx.chunks(ids), cfg)
+    else:
+        K = model.cfg.chunk_size if model.kind == 'calm' else 4
+        if cfg.context % K:
+            raise ConfigError(f"--context={cfg.context} must be a multiple of the chunk size {K}")
+        blocks = eval_blocks(tokens, cfg.context, cfg.max_blocks)
+        protocol.update({'context_tokens': cfg.context,
+                         'context_positions': cfg.context // K if model.kind == 'calm' else cfg.context,
+                         'blocks': len(blocks), 'ngram_starts': f'every {K} tokens from token {K}'})
+        result = eval_lm(model, blocks, cfg, corpus.bytes_per_token(cfg.split))
+    report = {'protocol': protocol, 'results': result}
+    text = json.dumps(report, indent=1)
+    print(text)
+    if cfg.out:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.out).write_text(text + '\n')
+    return report
+
+
+if __name__ == '__main__':
+    try:
+        main(parse_args(sys.argv[1:], EvalConfig))
+    except (ConfigError, DataError, CheckpointError) as e:
+        sys.exit(f"error: {e}")

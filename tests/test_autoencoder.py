@@ -1,0 +1,107 @@
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from calm_min.autoencoder import AEConfig, Autoencoder, state_hash
+
+
+def tiny_ae(K=4, l=8, V=37, **kw):
+    torch.manual_seed(0)
+    return Autoencoder(AEConfig(vocab_size=V, chunk_size=K, latent_size=l, dim=32, hidden=64, **kw))
+
+
+@given(K=st.integers(1, 6), l=st.integers(1, 12), lead=st.lists(st.integers(1, 3), min_size=1, max_size=2))
+@settings(max_examples=20, deadline=None)
+def test_shapes_and_dtypes(K, l, lead):
+    ae = tiny_ae(K, l)
+    x = torch.randint(37, (*lead, K))
+    mu, log_sigma = ae.encode(x)
+    assert mu.shape == log_sigma.shape == (*lead, l) and mu.dtype == torch.float32
+    z = ae.sample_latent(mu, log_sigma, 5)
+    assert z.shape == (5, *lead, l)
+    assert ae.decode_logits(z).shape == (5, *lead, K, 37)
+    tok = ae.decode(z)
+    assert tok.shape == (5, *lead, K) and tok.dtype == torch.int64
+    out, loss = ae(x)
+    assert out['logits'].shape == (*lead, K, 37) and loss.dim() == 0
+
+
+def test_kl_clip_gradient():
+    """d(clipped KL)/d mu_j is exactly 0 where KL_j is below the floor and nonzero above it."""
+    ae = tiny_ae(kl_clip=0.5)
+    mu = torch.tensor([[0.1, 2.0, -0.3, 1.5]], requires_grad=True)   # KL_j = mu^2 / 2 at sigma = 1
+    log_sigma = torch.zeros(1, 4, requires_grad=True)
+    kl, clipped = ae.kl_terms(mu, log_sigma)
+    clipped.sum().backward()
+    below = kl.detach()[0] < 0.5
+    assert below.tolist() == [True, False, True, False]
+    assert (mu.grad[0][below] == 0).all() and (mu.grad[0][~below] != 0).all()
+    assert (log_sigma.grad[0][below] == 0).all()
+    # with the floor off, every dimension gets a gradient
+    mu.grad = None
+    ae.cfg.kl_clip = 0
+    ae.kl_terms(mu, log_sigma)[1].sum().backward()
+    assert (mu.grad[0] != 0).all()
+
+
+def test_dropout_only_in_training_and_reproducible():
+    ae = tiny_ae(token_dropout=0.5, latent_dropout=0.5)
+    x = torch.randint(37, (64, 4))
+    ae.eval()
+    g = lambda: torch.Generator().manual_seed(3)
+    a, la = ae(x, generator=g())
+    b, lb = ae(x, generator=g())
+    assert torch.equal(a['logits'], b['logits']) and la == lb        # same generator: same result
+    ae.train()
+    c, _ = ae(x, generator=g())
+    assert not torch.allclose(a['logits'], c['logits'])              # training adds both dropouts
+    # eval mode equals the deterministic path with the same posterior draw
+    mu, ls = ae.encode(x)
+    z = ae.sample_latent(mu, ls, generator=g())
+    assert torch.equal(ae.decode_logits(z), a['logits'])
+
+
+def test_token_dropout_uses_mask_id(monkeypatch):
+    ae = tiny_ae(token_dropout=0.999, latent_dropout=0.0, mask_id=5)
+    seen = {}
+    orig = ae.encode
+    monkeypatch.setattr(ae, 'encode', lambda t: seen.setdefault('t', t) is not None and orig(t))
+    ae.train()
+    ae(torch.randint(37, (32, 4)), generator=torch.Generator().manual_seed(0))
+    assert (seen['t'] == 5).float().mean() > 0.99
+
+
+def test_overfits_small_set_of_chunks():
+    ae = tiny_ae(K=4, l=16, V=37, token_dropout=0.0, latent_dropout=0.0)
+    x = torch.randint(37, (64, 4), generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(ae.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    ae.train()
+    for _ in range(300):
+        _, loss = ae(x, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ae.eval()
+    mu, log_sigma = ae.encode(x)
+    assert torch.equal(ae.decode(mu), x)
+    assert torch.equal(ae.decode(ae.sample_latent(mu, log_sigma, generator=g)), x)
+
+
+def test_bad_input_is_a_clear_error():
+    ae = tiny_ae(K=4)
+    with pytest.raises(ValueError, match=r'shape \(\.\.\., 4\)'):
+        ae(torch.randint(37, (3, 5)))
+    with pytest.raises(ValueError, match=r'token ids must be in \[0, 37\)'):
+        ae(torch.tensor([[1, 2, 3, 40]]))
+    with pytest.raises(ValueError, match='integer tensor'):
+        ae(torch.zeros(2, 4))
+
+
+def test_state_hash_changes_with_weights():
+    ae = tiny_ae()
+    h = state_hash(ae)
+    assert h == state_hash(tiny_ae())
+    with torch.no_grad():
+        ae.emb.weight[0, 0] += 1e-3
+    assert state_hash(ae) != h

@@ -1,0 +1,95 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+from calm_min.backbone import Backbone, BackboneConfig
+from calm_min.gpt import GPT, GPTConfig
+
+
+def reference_attention(q, k, v, mask):
+    """Plain masked softmax attention."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(~mask, float('-inf'))
+    return F.softmax(scores, -1) @ v
+
+
+@given(T=st.integers(1, 12), S_extra=st.integers(0, 6), causal=st.booleans())
+@settings(max_examples=25, deadline=None)
+def test_sdpa_matches_masked_softmax(T, S_extra, causal):
+    g = torch.Generator().manual_seed(T * 100 + S_extra)
+    q = torch.randn(2, 3, T, 8, generator=g)
+    k = torch.randn(2, 3, T + S_extra, 8, generator=g)
+    v = torch.randn(2, 3, T + S_extra, 8, generator=g)
+    # query i sits at position S_extra + i (a cache of S_extra keys before it)
+    mask = torch.arange(T + S_extra) <= (S_extra + torch.arange(T))[:, None]
+    if not causal:
+        mask = torch.rand(T, T + S_extra, generator=g) < 0.7
+        mask[:, 0] = True  # every query sees something
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(out, reference_attention(q, k, v, mask), atol=1e-5, rtol=1e-5)
+    if causal and S_extra == 0:
+        out2 = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        torch.testing.assert_close(out2, reference_attention(q, k, v, mask), atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture
+def tiny_gpt():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=50, backbone=BackboneConfig(n_layer=2, n_head=2, n_embd=64))).eval()
+
+
+@given(split=st.lists(st.integers(1, 5), min_size=1, max_size=5))
+@settings(max_examples=20, deadline=None)
+def test_kv_cache_equals_full_recomputation(split):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, backbone=BackboneConfig(n_layer=2, n_head=2, n_embd=64))).eval()
+    idx = torch.randint(50, (2, sum(split)))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.backbone.make_cache(2, idx.shape[1], 'cpu')
+        parts, s = [], 0
+        for n in split:  # feed the sequence in pieces of these sizes
+            parts.append(model.lm_head(model.backbone(model.tok_emb(idx[:, s:s + n]), cache=cache)))
+            s += n
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_overflow_is_a_clear_error(tiny_gpt):
+    cache = tiny_gpt.backbone.make_cache(1, 4, 'cpu')
+    with pytest.raises(ValueError, match='KV cache full'):
+        tiny_gpt.backbone(torch.randn(1, 5, 64), cache=cache)
+
+
+def test_rope_relative_positions(tiny_gpt):
+    """Shifting every position by the same offset leaves attention (and the output) unchanged."""
+    x = torch.randn(1, 6, 64)
+    with torch.no_grad():
+        a = tiny_gpt.backbone(x)
+        b = tiny_gpt.backbone(x, pos=torch.arange(6) + 37)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_gpt_generate_cache_equals_recompute(tiny_gpt):
+    idx = torch.randint(50, (3, 5))
+    a = tiny_gpt.generate(idx, 12, temperature=0.9, top_k=20, generator=torch.Generator().manual_seed(1))
+    b = tiny_gpt.generate(idx, 12, temperature=0.9, top_k=20, generator=torch.Generator().manual_seed(1),
+                          use_cache=False)
+    assert a.shape == (3, 17) and torch.equal(a, b) and torch.equal(a[:, :5], idx)
+
+
+def test_gpt_overfits_one_batch():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, backbone=BackboneConfig(n_layer=2, n_head=2, n_embd=64)))
+    idx = torch.randint(50, (4, 17))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        _, loss = model(idx[:, :-1], idx[:, 1:])
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 3.5 and loss.item() < 0.1

@@ -1,0 +1,125 @@
+"""BrierLM (spec section 4). Statistical checks use fixed seeds and allow 5 standard errors of the
+estimator's own sample variance (two-sided false-alarm rate 6e-7 per comparison)."""
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from calm_min.backbone import BackboneConfig
+from calm_min.brierlm import brier_estimate, brierlm, calm_brier, exact_brier, gpt_brier, summarize
+from calm_min.gpt import GPT, GPTConfig
+from test_calm import tiny_calm
+
+
+def joint(V, n, g):
+    """A random distribution over n-grams of a V-token vocabulary: probs (V**n,), outcomes (V**n, n)."""
+    probs = torch.distributions.Dirichlet(torch.full((V ** n,), 0.5)).sample()
+    outcomes = torch.tensor(list(itertools.product(range(V), repeat=n)))
+    return probs.double(), outcomes
+
+
+@given(seed=st.integers(0, 10**6))
+@settings(max_examples=10, deadline=None, derandomize=True)
+def test_two_sample_estimate_is_unbiased(seed):
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    V, n, S = 3, 3, 20000
+    probs, outcomes = joint(V, n, g)
+    y = outcomes[torch.multinomial(probs, 1, generator=g)].expand(S, n)                 # a fixed target
+    a = outcomes[torch.multinomial(probs, S, replacement=True, generator=g)]
+    b = outcomes[torch.multinomial(probs, S, replacement=True, generator=g)]
+    est = brier_estimate(a, b, y).double()                                                # (S, n)
+    for j in range(n):  # Brier-(j+1) scores the first j+1 tokens: marginalise the joint
+        keys = outcomes[:, :j + 1]
+        marg_keys, inv = torch.unique(keys, dim=0, return_inverse=True)
+        marg = torch.zeros(len(marg_keys), dtype=torch.float64).index_add_(0, inv, probs)
+        yi = (marg_keys == y[0, :j + 1]).all(1).nonzero()[0, 0]
+        exact = exact_brier(marg, yi)
+        se = est[:, j].std() / math.sqrt(S)
+        assert abs(est[:, j].mean() - exact) < 5 * se + 1e-9
+
+
+@given(seed=st.integers(0, 10**6), eps=st.floats(0.05, 0.9))
+@settings(max_examples=30, deadline=None)
+def test_proper(seed, eps):
+    """E_{y~Q} Brier(P, y) = sum Q^2 - sum (P - Q)^2: the true model beats any perturbed one."""
+    g = torch.Generator().manual_seed(seed)
+    flat_dirichlet = lambda: (e := -torch.rand(6, generator=g, dtype=torch.float64).log()) / e.sum()
+    q, noise = flat_dirichlet(), flat_dirichlet()
+    p = (1 - eps) * q + eps * noise
+    score = lambda m: float((q * exact_brier(m.expand(6, 6), torch.arange(6))).sum())
+    assert score(q) == pytest.approx(float(q.pow(2).sum()))
+    assert score(q) > score(p) or torch.allclose(p, q)
+    assert score(p) == pytest.approx(float(q.pow(2).sum() - (p - q).pow(2).sum()))
+
+
+def test_ranges_and_clamp():
+    t = torch.randint(10, (50, 4))
+    perfect = brier_estimate(t, t, t)
+    assert (perfect == 1).all() and brierlm(perfect.mean(0)) == pytest.approx(100.0)
+    never = brier_estimate(t + 10, t + 20, t)                      # never the target, never each other
+    assert (never == 0).all() and brierlm(never.mean(0)) == 0
+    confident_wrong = brier_estimate(t + 10, t + 10, t)            # agree with each other, never the target
+    assert (confident_wrong == -1).all() and brierlm(confident_wrong.mean(0)) == 0
+    assert brierlm([0.5, 0.4, -0.1, 0.2]) == 0
+    with pytest.raises(ValueError, match='Brier-1..4'):
+        brierlm([0.5, 0.4])
+    with pytest.raises(ValueError, match='share one'):
+        brier_estimate(t, t[:, :3], t)
+
+
+def test_summarize_standard_errors():
+    g = torch.Generator().manual_seed(0)
+    est = (torch.rand(4000, 4, generator=g) < torch.tensor([0.5, 0.3, 0.2, 0.1])).double()
+    out = summarize(est, torch.arange(4000) // 10, n_boot=400)
+    assert out['positions'] == 4000 and out['blocks'] == 400
+    # bootstrap SE of a Bernoulli mean: sqrt(p (1-p) / n), within 25%
+    assert out['brier1_se'] == pytest.approx(math.sqrt(0.25 / 4000), rel=0.25)
+    assert out['brierlm'] == pytest.approx(brierlm([out[f'brier{n}'] for n in range(1, 5)]))
+
+
+def test_discrete_estimators_agree():
+    """The generic two-sample estimator and the exact/low-variance one have the same expectation:
+    on a tiny model, over 60 repetitions of 4 blocks, their means agree within 5 standard errors."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=5, backbone=BackboneConfig(n_layer=2, n_head=2, n_embd=32))).eval()
+    with torch.no_grad():
+        model.tok_emb.weight.mul_(8)  # sharper, more varied next-token distributions
+    blocks = torch.randint(5, (4, 24), generator=torch.Generator().manual_seed(1)).repeat(60, 1)
+    g = torch.Generator().manual_seed(2)
+    sampled = gpt_brier(model, blocks, stride=4, exact=False, generator=g).flatten(0, 1).double()
+    exact = gpt_brier(model, blocks, stride=4, exact=True, generator=g).flatten(0, 1).double()
+    assert sampled.shape == exact.shape == (240 * 5, 4)
+    for n in range(4):
+        se = math.sqrt(sampled[:, n].var() / len(sampled) + exact[:, n].var() / len(exact))
+        assert abs(sampled[:, n].mean() - exact[:, n].mean()) < 5 * se
+        assert exact[:, n].var() < sampled[:, n].var()              # the point of the exact estimator
+
+
+def test_parallel_rollout_matches_sequential_generation():
+    """The tree-masked rollout of every position equals generate() from each prefix on its own."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=7, backbone=BackboneConfig(n_layer=2, n_head=2, n_embd=32))).eval()
+    from calm_min.brierlm import _rollouts
+    block = torch.randint(7, (1, 16))
+    starts = torch.tensor([4, 8, 12])
+    _, samples, sq = _rollouts(model, block, starts, torch.Generator().manual_seed(0))
+    # recompute the probabilities along the sampled rollouts by full forward passes
+    for p, t in enumerate(starts.tolist()):
+        seq = torch.cat([block[0, :t], samples[0, p]])[None]
+        logits, _ = model(seq)
+        probs = torch.softmax(logits[0, t - 1:t + 3], -1)
+        torch.testing.assert_close(sq[0, p], probs.pow(2).sum(-1), atol=1e-5, rtol=1e-5)
+
+
+def test_calm_estimator_uses_two_independent_draws():
+    model = tiny_calm()
+    blocks = torch.randint(40, (8, 32))
+    est = calm_brier(model, blocks, torch.Generator().manual_seed(0))
+    assert est.shape == (8, 7, 4)
+    # one latent decoded twice would give a == b everywhere: every estimate would be +1 or -1
+    assert (est == 0).float().mean() > 0.5
+    with pytest.raises(ValueError, match='chunk_size >= 4'):
+        calm_brier(tiny_calm(K=2), torch.randint(40, (2, 8)))

@@ -1,0 +1,88 @@
+import dataclasses
+
+import pytest
+import torch
+
+import train
+from calm_min.autoencoder import AEConfig, Autoencoder, state_hash
+from calm_min.backbone import BackboneConfig
+from calm_min.calm import CALM, CALMConfig
+from calm_min.checkpoint import CheckpointError, load_model
+
+
+def tiny_calm(K=4, V=40, l=8, seed=0, random_head=True):
+    torch.manual_seed(seed)
+    ae = Autoencoder(AEConfig(vocab_size=V, chunk_size=K, latent_size=l, dim=32, hidden=64))
+    model = CALM(CALMConfig(vocab_size=V, chunk_size=K, latent_size=l, head_blocks=2, noise_size=8, n_targets=10,
+                            backbone=BackboneConfig(n_layer=2, n_head=2, n_embd=64)), ae)
+    if random_head:  # the head starts at zero (all samples equal): give it spread for these tests
+        torch.nn.init.normal_(model.head.final_out.weight, std=0.5)
+    return model.eval()
+
+
+def test_forward_shapes_and_loss():
+    model = tiny_calm()
+    out, loss = model(torch.randint(40, (2, 24)))
+    assert out['samples'].shape == (8, 2, 5, 8) and loss.dim() == 0 and torch.isfinite(loss)
+    with pytest.raises(ValueError, match='not a multiple of chunk_size=4'):
+        model(torch.randint(40, (2, 23)))
+
+
+def test_ae_mismatch_refused():
+    ae = Autoencoder(AEConfig(vocab_size=40, chunk_size=2, latent_size=8, dim=32, hidden=64))
+    with pytest.raises(ValueError, match='autoencoder/model mismatch.*chunk_size'):
+        CALM(CALMConfig(vocab_size=40, chunk_size=4, latent_size=8), ae)
+
+
+@pytest.mark.parametrize('temperature,sampler', [(1.0, 'batch'), (0.5, 'batch'), (0.5, 'exact')])
+def test_cached_generation_equals_recomputation(temperature, sampler):
+    model = tiny_calm()
+    prompt = torch.randint(40, (2, 6))                       # not a multiple of K: left-padded
+    kw = dict(temperature=temperature, sampler=sampler, num_candidates=16)
+    a = model.generate(prompt, 14, generator=torch.Generator().manual_seed(5), **kw)
+    b = model.generate(prompt, 14, generator=torch.Generator().manual_seed(5), use_cache=False, **kw)
+    assert a.shape == (2, 20) and torch.equal(a, b) and torch.equal(a[:, :6], prompt)
+
+
+def test_k_tokens_per_backbone_step(monkeypatch):
+    model = tiny_calm(K=4)
+    calls = []
+    orig = model.backbone.forward
+    monkeypatch.setattr(model.backbone, 'forward', lambda x, **kw: calls.append(x.shape[1]) or orig(x, **kw))
+    out = model.generate(torch.randint(40, (1, 8)), 20)
+    assert out.shape == (1, 28)
+    assert calls == [2] + [1] * 4                             # prefill 2 chunks, then one step per 4 tokens
+
+
+def test_frozen_ae_untouched_by_training(train_cfg):
+    """Train the AE, then CALM: the AE gets no gradient and its weights stay bit-identical."""
+    train.main(dataclasses.replace(train_cfg, model='ae'))
+    ae_before = load_model(train_cfg.ae_ckpt_path)[0]
+    res = train.main(dataclasses.replace(train_cfg, model='calm'))
+    calm, ckpt = load_model(res['ckpt'], ('calm',))
+    assert state_hash(calm.ae) == state_hash(ae_before) == ckpt['ae_hash']
+    assert all(not p.requires_grad for p in calm.ae.parameters())
+    model = tiny_calm()
+    model.train()
+    _, loss = model(torch.randint(40, (2, 16)))
+    loss.backward()
+    assert all(p.grad is None for p in model.ae.parameters())
+    assert not model.ae.training                              # stays in eval mode: no dropout
+
+
+def test_calm_pipeline_trains_missing_ae(train_cfg):
+    res = train.main(dataclasses.replace(train_cfg, model='calm'))
+    assert train_cfg.ae_ckpt_path.exists() and len(res['losses']) == train_cfg.max_iters
+
+
+def test_bad_ae_checkpoints_fail_before_training(train_cfg, tmp_path):
+    calm_cfg = dataclasses.replace(train_cfg, model='calm')
+    with pytest.raises(CheckpointError, match='not found'):
+        train.main(dataclasses.replace(calm_cfg, ae_ckpt=str(tmp_path / 'nope.pt')))
+    train.main(dataclasses.replace(train_cfg, model='ae'))
+    with pytest.raises(CheckpointError, match='chunk_size K=4 but --chunk_size=2'):
+        train.main(dataclasses.replace(calm_cfg, chunk_size=2))
+    other = dataclasses.replace(train_cfg, tokenizer='bpe', vocab_size=300)
+    with pytest.raises(CheckpointError, match='trained with tokenizer'):
+        train.main(dataclasses.replace(other, model='calm', ae_ckpt=str(train_cfg.ae_ckpt_path)))
+    assert not calm_cfg.ckpt_path.exists()                    # nothing was trained or written

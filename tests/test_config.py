@@ -1,0 +1,79 @@
+import pytest
+
+from calm_min.config import ConfigError, EvalConfig, SampleConfig, TrainConfig, parse_args
+from conftest import ROOT
+
+
+def test_defaults_and_overrides():
+    cfg = parse_args(['--n_layer=3', '--lr=0.001', '--compile=false', '--resume=true'], TrainConfig)
+    assert cfg.n_layer == 3 and cfg.lr == 1e-3 and cfg.resume is True
+    assert parse_args([], TrainConfig) == TrainConfig()
+
+
+def test_int_coerced_to_float():
+    cfg = parse_args(['--lr=1', '--alpha=2'], TrainConfig)
+    assert isinstance(cfg.lr, float) and cfg.lr == 1.0 and cfg.alpha == 2.0
+
+
+def test_bad_types_rejected_with_message():
+    with pytest.raises(ConfigError, match='--n_layer expects an integer'):
+        parse_args(['--n_layer=2.5'], TrainConfig)
+    with pytest.raises(ConfigError, match='--resume expects a boolean'):
+        parse_args(['--resume=maybe'], TrainConfig)
+    with pytest.raises(ConfigError, match='--key=value'):
+        parse_args(['--n_layer', '3'], TrainConfig)
+
+
+def test_unknown_key_lists_valid_ones():
+    with pytest.raises(ConfigError) as e:
+        parse_args(['--n_layers=3'], TrainConfig)
+    msg = str(e.value)
+    assert 'unknown option --n_layers' in msg and 'did you mean --n_layer' in msg
+    assert 'Valid options:' in msg and 'block_size' in msg
+
+
+def test_values_validated():
+    with pytest.raises(ConfigError, match='--n_embd must be positive'):
+        parse_args(['--n_embd=0'], TrainConfig)
+    with pytest.raises(ConfigError, match='divisible'):
+        parse_args(['--n_embd=100', '--n_head=3'], TrainConfig)
+    with pytest.raises(ConfigError, match='--model must be one of'):
+        parse_args(['--model=bert'], TrainConfig)
+    with pytest.raises(ConfigError, match='--n_samples must be >= 2'):
+        parse_args(['--n_samples=1'], TrainConfig)
+    with pytest.raises(ConfigError, match='--alpha'):
+        parse_args(['--alpha=3'], TrainConfig)
+    with pytest.raises(ConfigError, match='--token_dropout'):
+        parse_args(['--token_dropout=1.5'], TrainConfig)
+    with pytest.raises(ConfigError, match='--temperature must be > 0'):
+        parse_args(['--temperature=0'], SampleConfig)
+
+
+@pytest.mark.parametrize('preset', sorted((ROOT / 'config').glob('*.py')), ids=lambda p: p.name)
+def test_preset_files_load(preset):
+    cfg = parse_args([str(preset)], TrainConfig)
+    cfg.validate()
+
+
+def test_preset_then_flag_order(tmp_path):
+    p = tmp_path / 'p.py'
+    p.write_text('n_layer = 5\nlr = 1  # an int for a float field\n')
+    cfg = parse_args([str(p), '--n_layer=7'], TrainConfig)
+    assert cfg.n_layer == 7 and cfg.lr == 1.0
+
+
+def test_preset_errors(tmp_path):
+    with pytest.raises(ConfigError, match='not found'):
+        parse_args([str(tmp_path / 'missing.py')], TrainConfig)
+    p = tmp_path / 'bad.py'
+    p.write_text('n_layerz = 5\n')
+    with pytest.raises(ConfigError, match='unknown option --n_layerz'):
+        parse_args([str(p)], TrainConfig)
+    p.write_text('n_layer = "five"\n')
+    with pytest.raises(ConfigError, match='n_layer must be an integer'):
+        parse_args([str(p)], TrainConfig)
+
+
+def test_other_configs_parse():
+    assert parse_args(['--ckpt=x.pt', '--temperature=0.5'], SampleConfig).temperature == 0.5
+    assert parse_args(['--split=test', '--context=128'], EvalConfig).context == 128

@@ -1,0 +1,117 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from calm_min.data import ChunkIndex, Corpus, DataError, eval_blocks, lm_batch, prepare
+from calm_min.tokenizer import Tokenizer, train_bpe
+from conftest import make_docs
+
+
+@given(st.text(max_size=200))
+@settings(max_examples=50, deadline=None)
+def test_bytes_round_trip(text):
+    tok = Tokenizer('bytes')
+    ids = tok.encode(text)
+    assert max(ids, default=0) < 256 and tok.decode(ids) == text
+
+
+@pytest.fixture(scope='module')
+def small_bpe():
+    return train_bpe(make_docs(20), vocab_size=300)
+
+
+@given(st.text(alphabet=st.characters(codec='utf-8'), max_size=100))
+@settings(max_examples=50, deadline=None)
+def test_bpe_round_trip(small_bpe, text):
+    assert small_bpe.decode(small_bpe.encode(text)) == text
+
+
+def test_bpe_is_deterministic_and_has_eot(small_bpe):
+    again = train_bpe(make_docs(20), vocab_size=300)
+    assert again.sha256 == small_bpe.sha256
+    assert small_bpe.eot_id == 0 and small_bpe.vocab_size == 300
+
+
+def test_user_tokenizer_file(tmp_path, small_bpe):
+    small_bpe.save(tmp_path / 'tok.json')
+    tok = Tokenizer.from_config(str(tmp_path / 'tok.json'))
+    assert tok.encode('the nation') == small_bpe.encode('the nation') and tok.sha256 == small_bpe.sha256
+    (tmp_path / 'bad.json').write_text('{not json')
+    with pytest.raises(ValueError, match='not a valid tokenizer.json'):
+        Tokenizer.from_config(str(tmp_path / 'bad.json'))
+
+
+@pytest.mark.parametrize('form', ['txt', 'folder', 'jsonl'])
+def test_user_corpus_prepared(tmp_path, form):
+    docs = make_docs(30, words=40)
+    if form == 'txt':
+        src = tmp_path / 'corpus.txt'
+        src.write_text('\n'.join(docs) * 100)                # ~750 KB: cut into ~12 pieces of 64 KB
+    elif form == 'folder':
+        src = tmp_path / 'docs'
+        src.mkdir()
+        for i, d in enumerate(docs):
+            (src / f'{i:03d}.txt').write_text(d)
+    else:
+        src = tmp_path / 'c.jsonl'
+        src.write_text(''.join(json.dumps({'text': d}) + '\n' for d in docs))
+    out = prepare(str(src), 'bpe', 300, str(tmp_path / 'cache'), verbose=False)
+    meta = json.loads((out / 'meta.json').read_text())
+    assert meta['tokenizer']['vocab_size'] == 300 and meta['dtype'] == 'uint16'
+    c = Corpus(out)
+    for split in ('train', 'val'):
+        toks = c.tokens(split)
+        assert len(toks) == meta['splits'][split]['tokens'] > 0
+        starts = c.doc_starts(split)
+        assert len(starts) == meta['splits'][split]['documents']
+        assert (toks[starts[1:] - 1] == c.tokenizer.eot_id).all() and toks[-1] == c.tokenizer.eot_id
+    if form != 'txt':  # whole documents: the val split decodes back to documents 10 of each 20
+        val_docs = c.tokenizer.decode(c.tokens('val')).split('<|endoftext|>')[:-1]
+        assert val_docs == [d for i, d in enumerate(docs) if i % 20 == 10]
+
+
+def test_prepare_is_idempotent(tmp_path, corpus_jsonl):
+    out = prepare(str(corpus_jsonl), 'bytes', 0, str(tmp_path), verbose=False)
+    mtime = (out / 'train.bin').stat().st_mtime_ns
+    assert prepare(str(corpus_jsonl), 'bytes', 0, str(tmp_path), verbose=False) == out
+    assert (out / 'train.bin').stat().st_mtime_ns == mtime
+
+
+def test_missing_and_bad_corpus(tmp_path):
+    with pytest.raises(DataError, match='no such file or folder'):
+        prepare(str(tmp_path / 'nope.txt'), 'bytes', 0, str(tmp_path))
+    bad = tmp_path / 'bad.jsonl'
+    bad.write_text('{"txt": "x"}\n')
+    with pytest.raises(DataError, match="'text' field"):
+        prepare(str(bad), 'bytes', 0, str(tmp_path))
+    with pytest.raises(DataError, match="--tokenizer"):
+        prepare(str(bad), 'wordpiece', 0, str(tmp_path))
+
+
+def test_lm_batch_blocks_are_contiguous():
+    toks = np.arange(1000, dtype=np.uint16)
+    b = lm_batch(toks, 8, 17, torch.Generator().manual_seed(0))
+    assert b.shape == (8, 17) and (b.diff(dim=1) == 1).all()
+    with pytest.raises(DataError, match='fewer than one block'):
+        lm_batch(toks, 1, 2000)
+
+
+def test_chunks_start_on_document_boundaries():
+    # documents of lengths 5, 3, 8 (each ends in EOT = 9)
+    toks = np.array([1, 2, 3, 4, 9, 5, 6, 9, 1, 1, 1, 1, 2, 2, 2, 9], dtype=np.uint16)
+    idx = ChunkIndex(toks, np.array([0, 5, 8]), chunk_size=4, pad_id=9)
+    assert idx.total == 2 + 1 + 2
+    all_chunks = idx.chunks(torch.arange(idx.total)).tolist()
+    assert all_chunks == [[1, 2, 3, 4], [9, 9, 9, 9], [5, 6, 9, 9], [1, 1, 1, 1], [2, 2, 2, 9]]
+    s = idx.sample(100, torch.Generator().manual_seed(0))
+    assert s.shape == (100, 4) and {tuple(r) for r in s.tolist()} <= {tuple(r) for r in all_chunks}
+
+
+def test_eval_blocks():
+    toks = np.arange(100)
+    assert eval_blocks(toks, 10).shape == (10, 10)
+    b = eval_blocks(toks, 10, max_blocks=3)
+    assert b.shape == (3, 10) and b[0, 0] == 0 and b[-1, 0] == 90 and (b.diff(dim=1) == 1).all()

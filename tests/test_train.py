@@ -1,0 +1,90 @@
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from calm_min.checkpoint import CheckpointError, load_checkpoint, load_model
+from calm_min.config import ConfigError
+from calm_min.data import DataError
+from conftest import ROOT
+
+
+def test_gpt_trains_and_checkpoints(train_cfg):
+    res = train.main(train_cfg)
+    assert len(res['losses']) == 6 and all(torch.isfinite(torch.tensor(res['losses'])))
+    ckpt = load_checkpoint(res['ckpt'], ('gpt',))
+    assert ckpt['step'] == 6 and ckpt['tokenizer']['kind'] == 'bytes'
+    assert not any(k.startswith('_orig_mod') for k in ckpt['model'])
+    assert 'val_brierlm' in ckpt['evals'][-1]
+    log = (train_cfg.ckpt_path.with_suffix('.jsonl')).read_text().splitlines()
+    assert len(log) == 6 + 3  # a train line per iteration (log_interval=1), evals at 0, 3, 6
+
+
+@pytest.mark.parametrize('model', ['gpt', 'ae', 'calm'])
+def test_resume_equals_uninterrupted(train_cfg, tmp_path, model):
+    cfg = dataclasses.replace(train_cfg, model=model, lr_schedule='constant')
+    full = train.main(dataclasses.replace(cfg, out_dir=str(tmp_path / 'full')))
+    half_cfg = dataclasses.replace(cfg, out_dir=str(tmp_path / 'half'))
+    if model == 'ae':
+        first = train.main(dataclasses.replace(half_cfg, ae_max_iters=3))
+    else:
+        first = train.main(dataclasses.replace(half_cfg, max_iters=3,
+                                               ae_ckpt=str(tmp_path / 'full' / 'ae.pt') if model == 'calm' else ''))
+        half_cfg = dataclasses.replace(half_cfg, ae_ckpt=str(tmp_path / 'full' / 'ae.pt') if model == 'calm' else '')
+    second = train.main(dataclasses.replace(half_cfg, resume=True))
+    assert first['losses'] + second['losses'] == full['losses']
+    a = load_checkpoint(full['ckpt'])['model']
+    b = load_checkpoint(second['ckpt'])['model']
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_checkpoint_not_overwritten(train_cfg):
+    train.main(train_cfg)
+    before = train_cfg.ckpt_path.read_bytes()
+    with pytest.raises(ConfigError, match='already exists.*--resume=true.*--overwrite=true'):
+        train.main(train_cfg)
+    assert train_cfg.ckpt_path.read_bytes() == before
+
+
+def test_resume_with_other_settings_refused(train_cfg):
+    train.main(train_cfg)
+    with pytest.raises(ConfigError, match='n_layer'):
+        train.main(dataclasses.replace(train_cfg, resume=True, n_layer=3, max_iters=8))
+
+
+def test_corrupt_truncated_and_wrong_kind_checkpoints(train_cfg, tmp_path):
+    res = train.main(train_cfg)
+    data = open(res['ckpt'], 'rb').read()
+    trunc = tmp_path / 'trunc.pt'
+    trunc.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match='corrupt or truncated'):
+        load_checkpoint(trunc)
+    junk = tmp_path / 'junk.pt'
+    junk.write_bytes(b'not a checkpoint at all')
+    with pytest.raises(CheckpointError, match='corrupt or truncated'):
+        load_checkpoint(junk)
+    with pytest.raises(CheckpointError, match="is a 'gpt' checkpoint, but a 'calm' checkpoint is needed"):
+        load_model(res['ckpt'], ('calm',))
+    with pytest.raises(CheckpointError, match='not found'):
+        load_checkpoint(tmp_path / 'missing.pt')
+    # resuming from a corrupt file: a clear error, and the file is left as it was
+    train_cfg.ckpt_path.write_bytes(data[:100])
+    with pytest.raises(CheckpointError, match='corrupt or truncated'):
+        train.main(dataclasses.replace(train_cfg, resume=True))
+    assert train_cfg.ckpt_path.read_bytes() == data[:100]
+
+
+def test_missing_data_file(train_cfg, tmp_path):
+    with pytest.raises(DataError, match='no such file or folder'):
+        train.main(dataclasses.replace(train_cfg, dataset=str(tmp_path / 'missing.txt')))
+
+
+def test_cli_errors_are_messages_not_tracebacks(tmp_path):
+    r = subprocess.run([sys.executable, 'train.py', '--n_layrs=2'], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and 'unknown option --n_layrs' in r.stderr and 'Traceback' not in r.stderr
+    r = subprocess.run([sys.executable, 'train.py', f'--dataset={tmp_path}/none.txt', '--tokenizer=bytes',
+                        f'--out_dir={tmp_path}'], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and 'no such file or folder' in r.stderr and 'Traceback' not in r.stderr
