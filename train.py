@@ -32,7 +32,7 @@ from calm_min.gpt import GPT, GPTConfig
 
 # settings that may change when resuming; any other difference is refused
 RESUMABLE = {'max_iters', 'ae_max_iters', 'log_interval', 'eval_interval', 'device', 'compile', 'resume',
-             'overwrite', 'num_samples', 'sample_tokens', 'brier_blocks', 'eval_iters'}
+             'overwrite', 'num_samples', 'sample_tokens', 'brier_blocks', 'eval_iters', 'keep_checkpoints'}
 
 
 def build_model(cfg: TrainConfig, tokenizer: dict, vocab_size: int, eot_id: int):
@@ -110,6 +110,7 @@ def main(cfg: TrainConfig) -> dict:
             raise CheckpointError(f"--ae_ckpt={cfg.ae_ckpt}: file not found; train one with --model=ae")
         log(f"no autoencoder at {cfg.ae_ckpt_path}: training it first (stage 1)")
         main(dataclasses.replace(cfg, model='ae'))
+    torch.manual_seed(cfg.seed)                               # the same initialisation on every rank
     model, extra = build_model(cfg, tok.identity, tok.vocab_size, tok.eot_id)
     if ckpt is not None:
         model.load_state_dict(ckpt['model'])
@@ -121,7 +122,6 @@ def main(cfg: TrainConfig) -> dict:
     optimizer = make_optimizer(model, cfg, base_lr, device)
     g_data = torch.Generator().manual_seed(cfg.seed + rank)
     g_model = torch.Generator(device=device).manual_seed(cfg.seed + 1000 + rank)
-    torch.manual_seed(cfg.seed + rank)
     start = 0
     if ckpt is not None:
         optimizer.load_state_dict(ckpt['optimizer'])
@@ -181,12 +181,17 @@ def main(cfg: TrainConfig) -> dict:
         return rec
 
     def save(it, evals):
-        save_checkpoint(path, {
+        ckpt_path = path.with_name(f'{cfg.model}_{it}.pt') if cfg.keep_checkpoints else None
+        for p in filter(None, (path, ckpt_path)):
+            save_checkpoint(p, state(it, evals))
+
+    def state(it, evals):
+        return {
             'kind': cfg.model, 'model_config': dataclasses.asdict(model.cfg), 'train_config': dataclasses.asdict(cfg),
             'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': it,
             'rng': {'data': g_data.get_state(), 'model': g_model.get_state().cpu(), 'torch': torch.get_rng_state()},
             'tokenizer': tok.identity, 'tokenizer_json': tok.to_str(), 'evals': evals, **extra,
-            **({'hash': state_hash(model)} if is_ae else {})})
+            **({'hash': state_hash(model)} if is_ae else {})}
 
     # -- the loop ---------------------------------------------------------------------------------
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)

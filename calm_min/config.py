@@ -147,6 +147,7 @@ class TrainConfig:
     out_dir: str = 'out'               # checkpoints are {out_dir}/{model}.pt, logs {out_dir}/{model}.jsonl
     resume: bool = False               # continue {out_dir}/{model}.pt exactly where it stopped
     overwrite: bool = False            # allow replacing an existing checkpoint with a new run
+    keep_checkpoints: bool = False     # also keep {out_dir}/{model}_{step}.pt at every evaluation
     seed: int = 1337
     device: str = 'auto'               # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
     dtype: str = 'auto'                # auto (bf16 autocast where supported), float32, bfloat16

@@ -1,0 +1,203 @@
+"""Benchmarks that print their figures, all measured in one run (ratios are what to read: this
+machine is noisy). Models are freshly initialised at the sizes of a preset: speed does not depend on
+the weights.
+
+    python bench.py config/tiny.py                    # generation, training, energy-loss memory
+    python bench.py config/tiny.py --what=memory --positions=4096
+
+generation: CALM (K tokens per backbone step) vs the baseline of the same backbone, both with a KV
+  cache, tokens/s, and the share of CALM's time in backbone, energy head and AE decoder.
+training:   tokens of text per second of a full training step (forward, backward, AdamW) for both.
+memory:     peak memory of energy_loss (forward + backward) at N samples, M targets, P positions,
+  against a naive version that materialises the (N, M, P, l) difference tensor. On CPU each
+  variant runs in a fresh subprocess and the figure is the growth of its peak resident memory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from calm_min.checkpoint import autocast, pick_device
+from calm_min.config import ConfigError, TrainConfig, load_preset, parse_args
+from calm_min.energy_head import energy_loss
+from train import build_model, make_optimizer
+
+
+@dataclass
+class BenchConfig(TrainConfig):
+    what: str = 'all'              # all, generation, training, memory
+    gen_batch: int = 1             # sequences generated at once
+    gen_tokens: int = 256          # new tokens per sequence
+    train_steps: int = 10
+    positions: int = 4096          # memory: P positions (e.g. 16 sequences x 256 chunk positions)
+    mem_variant: str = ''          # internal: run one memory variant in this process
+    repeats: int = 3
+
+    def validate(self):
+        super().validate()
+        if self.what not in ('all', 'generation', 'training', 'memory'):
+            raise ConfigError(f"--what must be all, generation, training or memory; got {self.what!r}")
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def models(cfg, device):
+    """A baseline and a CALM with the preset's sizes (random weights, the AE built in place)."""
+    tok = {'kind': 'bench'}
+    gpt, _ = build_model(dataclasses.replace(cfg, model='gpt'), tok, cfg.vocab_size, 0)
+    ae, _ = build_model(dataclasses.replace(cfg, model='ae'), tok, cfg.vocab_size, 0)
+    from calm_min.calm import CALM, CALMConfig
+    from calm_min.backbone import BackboneConfig
+    bb = BackboneConfig(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.ffn_hidden, cfg.rope_theta)
+    calm = CALM(CALMConfig(cfg.vocab_size, cfg.chunk_size, cfg.latent_size, bb, cfg.head_blocks, cfg.noise_size,
+                           cfg.n_samples, cfg.n_targets, cfg.alpha), ae)
+    torch.nn.init.normal_(calm.head.final_out.weight, std=0.02)  # a head that varies, as after training
+    return gpt.to(device).eval(), calm.to(device).eval()
+
+
+@torch.no_grad()
+def bench_generation(cfg, device, gpt, calm):
+    B, n, K = cfg.gen_batch, cfg.gen_tokens, cfg.chunk_size
+    prompt = torch.zeros(B, K, dtype=torch.long, device=device)
+    amp = autocast(device, cfg.dtype)
+    res = {}
+    for name, fn in (('gpt', lambda g: gpt.generate(prompt, n, generator=g)),
+                     ('calm', lambda g: calm.generate(prompt, n, generator=g))):
+        with amp:
+            fn(torch.Generator(device=device).manual_seed(0))  # warm-up
+            best = float('inf')
+            for r in range(cfg.repeats):
+                sync(device)
+                t0 = time.perf_counter()
+                fn(torch.Generator(device=device).manual_seed(r))
+                sync(device)
+                best = min(best, time.perf_counter() - t0)
+        res[f'{name}_tokens_per_s'] = B * n / best
+    res['speedup'] = res['calm_tokens_per_s'] / res['gpt_tokens_per_s']
+    # where CALM's time goes: the same loop as CALM.generate, with a timer around each part
+    parts = {'backbone': 0.0, 'head': 0.0, 'decoder': 0.0}
+    g = torch.Generator(device=device).manual_seed(0)
+    x = prompt.view(B, 1, K)
+    cache = calm.backbone.make_cache(B, 1 + n // K, device, calm.tok_emb.weight.dtype)
+
+    def timed(part, f):
+        sync(device)
+        t0 = time.perf_counter()
+        out = f()
+        sync(device)
+        parts[part] += time.perf_counter() - t0
+        return out
+    with amp:
+        for _ in range(n // K):
+            h = timed('backbone', lambda: calm.hidden(x, cache)[:, -1])
+            z = timed('head', lambda: calm.head(h, 1, g)[0])
+            x = timed('decoder', lambda: calm.ae.decode(z))[:, None]
+    total = sum(parts.values())
+    res['calm_time_share'] = {k: round(v / total, 3) for k, v in parts.items()}
+    return res
+
+
+def bench_training(cfg, device, gpt, calm):
+    res = {}
+    amp = autocast(device, cfg.dtype)
+    T = cfg.block_size // cfg.chunk_size * cfg.chunk_size
+    g = torch.Generator().manual_seed(0)
+    for name, model in (('gpt', gpt), ('calm', calm)):
+        model.train()
+        opt = make_optimizer(model, cfg, cfg.lr, device)
+        gm = torch.Generator(device=device).manual_seed(0)
+
+        def step():
+            b = torch.randint(cfg.vocab_size, (cfg.batch_size, T + 1), generator=g).to(device)
+            with amp:
+                _, loss = model(b[:, :-1], b[:, 1:]) if name == 'gpt' else model(b[:, :T], generator=gm)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        step()
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(cfg.train_steps):
+            step()
+        sync(device)
+        res[f'{name}_train_tokens_per_s'] = cfg.batch_size * T * cfg.train_steps / (time.perf_counter() - t0)
+        model.eval()
+    res['calm_over_gpt'] = res['calm_train_tokens_per_s'] / res['gpt_train_tokens_per_s']
+    return res
+
+
+def naive_energy_loss(x, y, alpha=1.0):
+    """Materialises every difference: (N, M, P, D) and (N, N, P, D)."""
+    N, M = x.shape[0], y.shape[0]
+    fid = (x[:, None] - y[None]).norm(dim=-1).pow(alpha).sum((0, 1))
+    div = (x[:, None] - x[None]).norm(dim=-1).pow(alpha).sum((0, 1))
+    return 2 / (N * M) * fid - div / (N * (N - 1))
+
+
+def memory_variant(cfg, device, variant) -> float:
+    """Peak MiB used by energy_loss forward + backward beyond the inputs."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(cfg.n_samples, cfg.positions, cfg.latent_size, generator=g).to(device).requires_grad_()
+    y = torch.randn(cfg.n_targets, cfg.positions, cfg.latent_size, generator=g).to(device)
+    fn = energy_loss if variant == 'ours' else naive_energy_loss
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn(x, y).sum().backward()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn(x, y).sum().backward()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024  # ru_maxrss is KiB on Linux
+
+
+def bench_memory(cfg, device, argv):
+    res = {'N': cfg.n_samples, 'M': cfg.n_targets, 'P': cfg.positions, 'l': cfg.latent_size}
+    for variant in ('ours', 'naive'):
+        if device.type == 'cuda':
+            res[f'{variant}_peak_mib'] = memory_variant(cfg, device, variant)
+        else:
+            out = subprocess.run([sys.executable, __file__, *argv, f'--mem_variant={variant}', '--what=memory'],
+                                 capture_output=True, text=True, check=True)
+            res[f'{variant}_peak_mib'] = json.loads(out.stdout.strip().splitlines()[-1])['peak_mib']
+    res['naive_over_ours'] = res['naive_peak_mib'] / max(res['ours_peak_mib'], 1e-9)
+    return res
+
+
+def main(cfg: BenchConfig, argv=()) -> dict:
+    device = pick_device(cfg.device)
+    if cfg.mem_variant:
+        r = {'peak_mib': memory_variant(cfg, device, cfg.mem_variant)}
+        print(json.dumps(r))
+        return r
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    report = {'device': str(device), 'threads': threads, 'torch': torch.__version__,
+              'sizes': {k: getattr(cfg, k) for k in ('vocab_size', 'n_layer', 'n_embd', 'chunk_size', 'latent_size',
+                                                      'ae_dim', 'head_blocks', 'block_size', 'batch_size')}}
+    gpt, calm = models(cfg, device)
+    if cfg.what in ('all', 'generation'):
+        report['generation'] = bench_generation(cfg, device, gpt, calm)
+        report['generation'].update(batch=cfg.gen_batch, new_tokens=cfg.gen_tokens)
+    if cfg.what in ('all', 'training'):
+        report['training'] = bench_training(cfg, device, gpt, calm)
+    if cfg.what in ('all', 'memory'):
+        report['memory'] = bench_memory(cfg, device, [a for a in argv if not a.startswith('--what')])
+    print(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == '__main__':
+    try:
+        main(parse_args(sys.argv[1:], BenchConfig), sys.argv[1:])
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
