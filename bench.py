@@ -10,13 +10,13 @@ generation: CALM (K tokens per backbone step) vs the baseline of the same backbo
 training:   tokens of text per second of a full training step (forward, backward, AdamW) for both.
 memory:     peak memory of energy_loss (forward + backward) at N samples, M targets, P positions,
   against a naive version that materialises the (N, M, P, l) difference tensor. On CPU each
-  variant runs in a fresh subprocess and the figure is the growth of its peak resident memory.
+  variant runs in a fresh subprocess and the figure is its peak resident memory (VmHWM, reset just
+  before the call) minus its resident memory before the call.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from calm_min.checkpoint import autocast, pick_device
-from calm_min.config import ConfigError, TrainConfig, load_preset, parse_args
+from calm_min.config import ConfigError, TrainConfig, parse_args
 from calm_min.energy_head import energy_loss
 from train import build_model, make_optimizer
 
@@ -155,9 +155,28 @@ def memory_variant(cfg, device, variant) -> float:
         base = torch.cuda.memory_allocated()
         fn(x, y).sum().backward()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = rss_reset_peak()
     fn(x, y).sum().backward()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024  # ru_maxrss is KiB on Linux
+    return (peak_rss() - base) / 2**20
+
+
+def rss_reset_peak() -> int:
+    """Reset this process's peak resident memory (Linux: clear_refs 5) and return the current one, bytes."""
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+    return _status('VmRSS')
+
+
+def peak_rss() -> int:
+    return _status('VmHWM')
+
+
+def _status(key: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(key + ':'):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{key} not in /proc/self/status: CPU memory measurement needs Linux")
 
 
 def bench_memory(cfg, device, argv):

@@ -77,25 +77,33 @@ def check_resume(cfg: TrainConfig, ckpt: dict):
                           + ". Resume with the same settings, or start a new run with --overwrite=true")
 
 
-def main(cfg: TrainConfig) -> dict:
+def setup_distributed(cfg: TrainConfig):
+    """(ddp, rank, world size, device). Under torchrun (RANK set) the process group is started once
+    (NCCL on CUDA, gloo on CPU); otherwise a single process on cfg.device."""
+    if int(os.environ.get('RANK', -1)) == -1:
+        return False, 0, 1, pick_device(cfg.device)
+    import torch.distributed as dist
+    cuda = torch.cuda.is_available()
+    if not dist.is_initialized():
+        dist.init_process_group('nccl' if cuda else 'gloo')
+    device = torch.device(f'cuda:{int(os.environ["LOCAL_RANK"])}') if cuda else torch.device('cpu')
+    if cuda:
+        torch.cuda.set_device(device)
+    return True, dist.get_rank(), dist.get_world_size(), device
+
+
+def main(cfg: TrainConfig, _nested: bool = False) -> dict:
     """Train as cfg says; return {'losses': [...per iteration], 'evals': [...], 'ckpt': path}."""
-    ddp = int(os.environ.get('RANK', -1)) != -1
-    rank, world = 0, 1
-    if ddp:
-        import torch.distributed as dist
-        backend = 'nccl' if torch.cuda.is_available() else 'gloo'
-        dist.init_process_group(backend)
-        rank, world = dist.get_rank(), dist.get_world_size()
-        device = torch.device(f'cuda:{int(os.environ["LOCAL_RANK"])}') if backend == 'nccl' else torch.device('cpu')
-        if device.type == 'cuda':
-            torch.cuda.set_device(device)
-    else:
-        device = pick_device(cfg.device)
+    ddp, rank, world, device = setup_distributed(cfg)
     master = rank == 0
-    log = print if master else (lambda *a, **k: None)
+    log = (lambda *a, **k: print(*a, **k, flush=True)) if master else (lambda *a, **k: None)
 
     # -- everything the run needs is checked before any training ----------------------------------
+    if ddp and not master:
+        torch.distributed.barrier()                           # rank 0 prepares the data first
     corpus = load_corpus(cfg.dataset, cfg.tokenizer, cfg.vocab_size, cfg.data_dir, verbose=master)
+    if ddp and master:
+        torch.distributed.barrier()
     tok = corpus.tokenizer
     path = cfg.ckpt_path
     ckpt = None
@@ -109,7 +117,7 @@ def main(cfg: TrainConfig) -> dict:
         if cfg.ae_ckpt:
             raise CheckpointError(f"--ae_ckpt={cfg.ae_ckpt}: file not found; train one with --model=ae")
         log(f"no autoencoder at {cfg.ae_ckpt_path}: training it first (stage 1)")
-        main(dataclasses.replace(cfg, model='ae'))
+        main(dataclasses.replace(cfg, model='ae'), _nested=True)
     torch.manual_seed(cfg.seed)                               # the same initialisation on every rank
     model, extra = build_model(cfg, tok.identity, tok.vocab_size, tok.eot_id)
     if ckpt is not None:
@@ -258,7 +266,9 @@ def main(cfg: TrainConfig) -> dict:
     if jsonl:
         jsonl.close()
     if ddp:
-        torch.distributed.destroy_process_group()
+        torch.distributed.barrier()                           # the checkpoint is written before anyone goes on
+        if not _nested:
+            torch.distributed.destroy_process_group()
     return {'losses': losses, 'evals': evals, 'ckpt': str(path)}
 
 

@@ -93,11 +93,12 @@ def _text_pieces(path: Path) -> Iterator[str]:
 
 
 def _all_documents(dataset: str) -> Iterator[str]:
-    for path in _sources(dataset):
+    sources = _sources(dataset)
+    for path in sources:
         name = path.name.removesuffix('.xz')
         if name.endswith('.jsonl'):
             yield from _jsonl_texts(path)
-        elif len(_sources(dataset)) == 1:
+        elif len(sources) == 1:
             yield from _text_pieces(path)
         else:
             with _open_text(path) as f:

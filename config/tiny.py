@@ -11,9 +11,9 @@ block_size = 256           # tokens of context: 64 chunk positions for CALM, 256
 n_layer = 4
 n_head = 4
 n_embd = 256
-# autoencoder (stage 1): smaller than the paper's d_ae = 512, l = 128 (see README)
+# autoencoder (stage 1): the paper's K = 4 and l = 128, a narrower d_ae (256 rather than 512)
 chunk_size = 4
-latent_size = 32
+latent_size = 128
 ae_dim = 256
 ae_hidden = 512
 ae_max_iters = 1500

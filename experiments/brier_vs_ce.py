@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import eval as evaluate  # noqa: E402
 import train  # noqa: E402
+from experiments.plotting import pyplot  # noqa: E402
 from calm_min.config import ConfigError, EvalConfig, TrainConfig, parse_args  # noqa: E402
 
 SIZES = {'small': dict(n_layer=2, n_head=2, n_embd=128), 'medium': dict(n_layer=4, n_head=4, n_embd=256)}
@@ -73,12 +74,8 @@ def main(cfg: Config) -> dict:
     print(json.dumps({k: v for k, v in summary.items() if k != 'rows'}, indent=1))
     for r in rows:
         print(f"{r['checkpoint']:40s} CE {r['cross_entropy']:.3f}  BrierLM {r['brierlm']:.2f} ± {r['brierlm_se']:.2f}")
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed (pip install -e '.[plot]'): no plot")
+    plt = pyplot()
+    if plt is None:
         return summary
     fig, ax = plt.subplots(figsize=(5, 4))
     for name in SIZES:

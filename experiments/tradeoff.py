@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from calm_min.brierlm import _rollouts  # noqa: E402
 from calm_min.checkpoint import load_model, pick_device  # noqa: E402
+from experiments.plotting import pyplot  # noqa: E402
 from calm_min.config import ConfigError, parse_args  # noqa: E402
 from calm_min.data import eval_blocks, load_corpus  # noqa: E402
 from calm_min.sampling import batch_temperature_sample  # noqa: E402
@@ -109,12 +110,8 @@ def main(cfg: Config) -> dict:
     for r in rows:
         print(f"| {r['model']} | {r['T']:.3g} | {r['N'] or '-'} | {r['acc_1']:.3f} | {r['collision_1']:.3f} | "
               f"{r['acc_4']:.4f} | {r['collision_4']:.4f} |")
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed (pip install -e '.[plot]'): no plot")
+    plt = pyplot()
+    if plt is None:
         return report
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for label, sel in (('CALM T=1/2 (N=1,10,50,200)', lambda r: r['model'] == 'calm' and r['T'] == 0.5),

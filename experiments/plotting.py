@@ -1,0 +1,13 @@
+"""matplotlib for the experiment scripts, if installed (pip install -e '.[plot]')."""
+
+
+def pyplot():
+    """The pyplot module on the file-only Agg backend, or None (with a note) without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install -e '.[plot]'): no plot")
+        return None
+    return plt

@@ -1,0 +1,68 @@
+"""sample.py and eval.py end to end on test-preset checkpoints (seconds)."""
+import dataclasses
+import json
+
+import pytest
+
+import eval as evaluate
+import sample
+import train
+from calm_min.checkpoint import CheckpointError
+from calm_min.config import EvalConfig, SampleConfig
+
+
+@pytest.fixture
+def trained(train_cfg):
+    train.main(dataclasses.replace(train_cfg, model='gpt'))
+    train.main(dataclasses.replace(train_cfg, model='calm'))     # trains the AE first
+    return train_cfg
+
+
+def test_sample_both_kinds(trained, capsys):
+    for kind in ('gpt', 'calm'):
+        texts = sample.main(SampleConfig(ckpt=str(trained.out_dir + f'/{kind}.pt'), prompt='The nation',
+                                         max_new_tokens=10, num_samples=2, device='cpu'))
+        assert len(texts) == 2 and all(t.startswith('The nation') for t in texts)
+    out = capsys.readouterr().out
+    assert 'tokens/s' in out and '--- sample 2 ---' in out
+    # CALM with the likelihood-free samplers
+    calm = trained.out_dir + '/calm.pt'
+    assert len(sample.main(SampleConfig(ckpt=calm, temperature=0.5, num_candidates=8, max_new_tokens=8,
+                                        device='cpu'))) == 2
+    assert len(sample.main(SampleConfig(ckpt=calm, temperature=0.7, sampler='exact', max_new_tokens=4,
+                                        device='cpu'))) == 2
+    with pytest.raises(ValueError, match='T = 1/n'):
+        sample.main(SampleConfig(ckpt=calm, temperature=0.7, sampler='batch', device='cpu'))
+
+
+def test_sample_prompt_file(trained, tmp_path):
+    p = tmp_path / 'prompt.txt'
+    p.write_text('Peace and')
+    texts = sample.main(SampleConfig(ckpt=trained.out_dir + '/gpt.pt', prompt=f'FILE:{p}', max_new_tokens=4,
+                                     num_samples=1, device='cpu'))
+    assert texts[0].startswith('Peace and')
+
+
+def test_eval_reports(trained, tmp_path):
+    out = tmp_path / 'r.json'
+    g = evaluate.main(EvalConfig(ckpt=trained.out_dir + '/gpt.pt', context=32, max_blocks=4, bootstrap=50,
+                                 device='cpu', out=str(out)))
+    assert json.loads(out.read_text()) == json.loads(json.dumps(g))
+    r, p = g['results'], g['protocol']
+    for key in ('cross_entropy', 'bits_per_byte', 'brierlm', 'brierlm_se', 'brier1', 'brier4_se', 'positions'):
+        assert key in r
+    assert p['context_tokens'] == 32 and p['blocks'] == 4 and len(p['checkpoint_sha256']) == 64
+    assert r['positions'] == 4 * 7                               # starts 4, 8, ..., 28
+    c = evaluate.main(EvalConfig(ckpt=trained.out_dir + '/calm.pt', context=32, max_blocks=4, bootstrap=50,
+                                 device='cpu'))
+    assert c['results']['positions'] == r['positions'] and c['protocol']['context_positions'] == 8
+    a = evaluate.main(EvalConfig(ckpt=trained.out_dir + '/ae.pt', max_blocks=2, context=32, device='cpu'))['results']
+    assert a['chunks'] == 16 and 0 <= a['token_accuracy_sampled'] <= 1 and len(a['kl_per_dim']) == 16
+    assert set(a['noise_robustness']) == {'0.1', '0.2', '0.3', '0.5', '1.0'}
+
+
+def test_eval_bad_checkpoint(tmp_path):
+    bad = tmp_path / 'x.pt'
+    bad.write_bytes(b'\0' * 10)
+    with pytest.raises(CheckpointError, match='corrupt or truncated'):
+        evaluate.main(EvalConfig(ckpt=str(bad), device='cpu'))
