@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import eval as evaluate  # noqa: E402
 import train  # noqa: E402
-from experiments.plotting import pyplot  # noqa: E402
+from experiments.plotting import pyplot, save  # noqa: E402
 from calm_min.config import ConfigError, EvalConfig, TrainConfig, parse_args  # noqa: E402
 
 SIZES = {'small': dict(n_layer=2, n_head=2, n_embd=128), 'medium': dict(n_layer=4, n_head=4, n_embd=256)}
@@ -86,9 +86,7 @@ def main(cfg: Config) -> dict:
     ax.set_ylabel('BrierLM')
     ax.set_title(f"Pearson {summary['pearson']:.3f}, Spearman {summary['spearman']:.3f}")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / 'brier_vs_ce.png', dpi=120)
-    print(f"plot: {out / 'brier_vs_ce.png'}")
+    save(fig, out / 'brier_vs_ce.png')
     return summary
 
 

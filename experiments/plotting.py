@@ -11,3 +11,9 @@ def pyplot():
         print("matplotlib not installed (pip install -e '.[plot]'): no plot")
         return None
     return plt
+
+
+def save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from calm_min.brierlm import _rollouts  # noqa: E402
 from calm_min.checkpoint import load_model, pick_device  # noqa: E402
-from experiments.plotting import pyplot  # noqa: E402
+from experiments.plotting import pyplot, save  # noqa: E402
 from calm_min.config import ConfigError, parse_args  # noqa: E402
 from calm_min.data import eval_blocks, load_corpus  # noqa: E402
 from calm_min.sampling import batch_temperature_sample  # noqa: E402
@@ -122,9 +122,7 @@ def main(cfg: Config) -> dict:
     ax.set_xlabel('diversity: 1 - collision rate (first token)')
     ax.set_ylabel('accuracy (first token)')
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / 'tradeoff.png', dpi=120)
-    print(f"plot: {out / 'tradeoff.png'}")
+    save(fig, out / 'tradeoff.png')
     return report
 
 
