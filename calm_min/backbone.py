@@ -66,13 +66,18 @@ class ResidualSwiGLU(nn.Module):
         return x + self.mlp(self.norm(x))
 
 
-def rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotate the two halves of each head (x: (B, H, T, hd)) by angles pos * theta^(-2i/hd)."""
-    hd = x.shape[-1]
-    inv_freq = theta ** (-torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd)  # (hd/2,)
+def rope_angles(pos: torch.Tensor, head_dim: int, theta: float):
+    """(cos, sin) of the angles pos * theta^(-2i/hd), each (T, hd/2); computed once per forward."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
     ang = pos.to(torch.float32)[:, None] * inv_freq                                          # (T, hd/2)
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
-    x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+    return ang.cos(), ang.sin()
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the two halves of each head (x: (B, H, T, hd)) by the precomputed angles."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
@@ -91,14 +96,14 @@ class KVCache:
 class Attention(nn.Module):
     def __init__(self, cfg: BackboneConfig):
         super().__init__()
-        self.n_head, self.theta = cfg.n_head, cfg.rope_theta
+        self.n_head = cfg.n_head
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
 
-    def forward(self, x, pos, mask=None, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, rot, mask=None, cache: KVCache | None = None, layer: int = 0):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (B, H, T, hd)
-        q, k = rope(q, pos, self.theta), rope(k, pos, self.theta)
+        q, k = rope(q, *rot), rope(k, *rot)
         is_causal = mask is None
         if cache is not None:
             start = cache.length
@@ -123,8 +128,8 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.mlp = ResidualSwiGLU(cfg.n_embd, cfg.hidden)
 
-    def forward(self, x, pos, mask=None, cache=None, layer=0):
-        x = x + self.attn(self.attn_norm(x), pos, mask, cache, layer)
+    def forward(self, x, rot, mask=None, cache=None, layer=0):
+        x = x + self.attn(self.attn_norm(x), rot, mask, cache, layer)
         return self.mlp(x)
 
 
@@ -148,8 +153,9 @@ class Backbone(nn.Module):
         start = cache.length if cache is not None else 0
         if pos is None:
             pos = torch.arange(start, start + T, device=x.device)
+        rot = rope_angles(pos, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_theta)
         for i, block in enumerate(self.blocks):
-            x = block(x, pos, mask, cache, i)
+            x = block(x, rot, mask, cache, i)
         if cache is not None:
             cache.length += T
         return self.norm(x)
