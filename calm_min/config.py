@@ -73,7 +73,8 @@ def parse_args(argv: list[str], cls):
     values: dict = {}
     for arg in argv:
         if arg in ('-h', '--help'):
-            raise ConfigError(help_text(cls))
+            print(help_text(cls))
+            raise SystemExit(0)
         if arg.startswith('--'):
             key, eq, text = arg[2:].partition('=')
             if not eq:
