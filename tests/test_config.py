@@ -77,3 +77,11 @@ def test_preset_errors(tmp_path):
 def test_other_configs_parse():
     assert parse_args(['--ckpt=x.pt', '--temperature=0.5'], SampleConfig).temperature == 0.5
     assert parse_args(['--split=test', '--context=128'], EvalConfig).context == 128
+
+
+def test_help_lists_options_and_exits_cleanly(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(['--help'], TrainConfig)
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert '--n_layer=4' in out and '--ae_ckpt' in out
