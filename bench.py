@@ -56,11 +56,7 @@ def models(cfg, device):
     tok = {'kind': 'bench'}
     gpt, _ = build_model(dataclasses.replace(cfg, model='gpt'), tok, cfg.vocab_size, 0)
     ae, _ = build_model(dataclasses.replace(cfg, model='ae'), tok, cfg.vocab_size, 0)
-    from calm_min.calm import CALM, CALMConfig
-    from calm_min.backbone import BackboneConfig
-    bb = BackboneConfig(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.ffn_hidden, cfg.rope_theta)
-    calm = CALM(CALMConfig(cfg.vocab_size, cfg.chunk_size, cfg.latent_size, bb, cfg.head_blocks, cfg.noise_size,
-                           cfg.n_samples, cfg.n_targets, cfg.alpha), ae)
+    calm, _ = build_model(dataclasses.replace(cfg, model='calm'), tok, cfg.vocab_size, 0, ae=ae)
     torch.nn.init.normal_(calm.head.final_out.weight, std=0.02)  # a head that varies, as after training
     return gpt.to(device).eval(), calm.to(device).eval()
 

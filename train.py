@@ -16,7 +16,6 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -24,8 +23,8 @@ from calm_min.autoencoder import AEConfig, Autoencoder, state_hash
 from calm_min.backbone import BackboneConfig
 from calm_min.brierlm import evaluate_brier
 from calm_min.calm import CALM, CALMConfig
-from calm_min.checkpoint import (CheckpointError, autocast, load_autoencoder, load_checkpoint,
-                                 model_from_checkpoint, pick_device, save_checkpoint)
+from calm_min.checkpoint import (CheckpointError, autocast, load_autoencoder, load_checkpoint, pick_device,
+                                 save_checkpoint)
 from calm_min.config import ConfigError, TrainConfig, parse_args
 from calm_min.data import ChunkIndex, DataError, eval_blocks, lm_batch, load_corpus
 from calm_min.gpt import GPT, GPTConfig
@@ -35,8 +34,9 @@ RESUMABLE = {'max_iters', 'ae_max_iters', 'log_interval', 'eval_interval', 'devi
              'overwrite', 'num_samples', 'sample_tokens', 'brier_blocks', 'eval_iters', 'keep_checkpoints'}
 
 
-def build_model(cfg: TrainConfig, tokenizer: dict, vocab_size: int, eot_id: int):
-    """A fresh model for cfg.model (CALM: around the frozen AE from cfg.ae_ckpt_path)."""
+def build_model(cfg: TrainConfig, tokenizer: dict, vocab_size: int, eot_id: int, ae: Autoencoder | None = None):
+    """A fresh model for cfg.model. CALM wraps `ae` if given (benchmarks), else the frozen AE loaded
+    and checked from cfg.ae_ckpt_path."""
     bb = BackboneConfig(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.ffn_hidden, cfg.rope_theta)
     if cfg.model == 'gpt':
         return GPT(GPTConfig(vocab_size, bb)), {}
@@ -44,11 +44,14 @@ def build_model(cfg: TrainConfig, tokenizer: dict, vocab_size: int, eot_id: int)
         return Autoencoder(AEConfig(vocab_size, cfg.chunk_size, cfg.latent_size, cfg.ae_dim, cfg.ae_hidden,
                                     cfg.ae_blocks, cfg.token_dropout, cfg.latent_dropout, cfg.kl_clip,
                                     cfg.kl_beta, mask_id=eot_id)), {}
-    ae, ae_ckpt = load_autoencoder(cfg.ae_ckpt_path, tokenizer, cfg.chunk_size)
+    extra = {}
+    if ae is None:
+        ae, ae_ckpt = load_autoencoder(cfg.ae_ckpt_path, tokenizer, cfg.chunk_size)
+        extra = {'ae_config': dataclasses.asdict(ae.cfg), 'ae_hash': ae_ckpt['hash'],
+                 'ae_path': str(cfg.ae_ckpt_path)}
     model = CALM(CALMConfig(vocab_size, cfg.chunk_size, ae.cfg.latent_size, bb, cfg.head_blocks, cfg.noise_size,
                             cfg.n_samples, cfg.n_targets, cfg.alpha), ae)
-    return model, {'ae_config': dataclasses.asdict(ae.cfg), 'ae_hash': ae_ckpt['hash'],
-                   'ae_path': str(cfg.ae_ckpt_path)}
+    return model, extra
 
 
 def lr_at(cfg: TrainConfig, it: int, base_lr: float, max_iters: int) -> float:
@@ -72,7 +75,7 @@ def check_resume(cfg: TrainConfig, ckpt: dict):
     old = ckpt['train_config']
     diff = [k for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE and old.get(k) != v]
     if diff:
-        raise ConfigError(f"--resume: these settings differ from the checkpoint's run: "
+        raise ConfigError("--resume: these settings differ from the checkpoint's run: "
                           + ', '.join(f"{k} (was {old.get(k)!r}, now {getattr(cfg, k)!r})" for k in diff)
                           + ". Resume with the same settings, or start a new run with --overwrite=true")
 
@@ -228,7 +231,7 @@ def main(cfg: TrainConfig, _nested: bool = False) -> dict:
         lr = lr_at(cfg, it, base_lr, max_iters)
         for group in optimizer.param_groups:
             group['lr'] = lr
-        total = 0.0
+        total = torch.zeros((), device=device)
         for micro in range(cfg.grad_accum):
             batch = get_batch('train', g_data)
             if ddp and micro < cfg.grad_accum - 1:
@@ -238,11 +241,12 @@ def main(cfg: TrainConfig, _nested: bool = False) -> dict:
             else:
                 out, loss = run(batch, g_model)
                 (loss / cfg.grad_accum).backward()
-            total += loss.item() / cfg.grad_accum
+            total += loss.detach() / cfg.grad_accum
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        total = total.item()                                  # one host sync per iteration
         losses.append(total)
         if (it + 1) % cfg.log_interval == 0 or it == max_iters - 1:
             dt = time.time() - t0

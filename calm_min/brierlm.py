@@ -95,8 +95,9 @@ def calm_brier(model, blocks: torch.Tensor, generator: torch.Generator | None = 
 # discrete baseline
 
 
-def _rollouts(model, blocks: torch.Tensor, starts: torch.Tensor, generator=None):
-    """For every block row and start t in `starts` (P,), roll out NGRAM tokens given block[:t].
+def _rollouts(model, blocks: torch.Tensor, starts: torch.Tensor, generator=None, temperature: float = 1.0):
+    """For every block row and start t in `starts` (P,), roll out NGRAM tokens given block[:t],
+    sampling at softmax `temperature` (sum p^2 is always of the untempered distribution).
     Returns teacher-forced logits (B, C, V), samples (B, P, 4) and sum_x p(x)^2 at each step (B, P, 4).
     The P rollouts share the block's cache: step j's queries see context keys < t and their own
     earlier rollout tokens only (a tree mask), so one forward per step serves all positions."""
@@ -112,7 +113,7 @@ def _rollouts(model, blocks: torch.Tensor, starts: torch.Tensor, generator=None)
     for j in range(NGRAM):
         probs = F.softmax(step_logits.float(), -1)                            # (B, P, V)
         sq.append(probs.pow(2).sum(-1))
-        tok = sample_logits(step_logits.flatten(0, 1), generator=generator).view(B, P)
+        tok = sample_logits(step_logits.flatten(0, 1), temperature, generator=generator).view(B, P)
         samples.append(tok)
         if j == NGRAM - 1:
             break

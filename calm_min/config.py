@@ -284,6 +284,3 @@ class EvalConfig:
         if self.max_blocks < 0:
             raise ConfigError(f"--max_blocks must be >= 0, got {self.max_blocks}")
 
-
-def asdict(cfg) -> dict:
-    return dataclasses.asdict(cfg)

@@ -76,14 +76,7 @@ def gpt_rows(model, blocks, g, K=4) -> list[dict]:
     y = blocks[:, starts[:, None] + torch.arange(4, device=blocks.device)].flatten(0, 1)
     rows = []
     for T in (1.0, 0.8, 0.6, 0.5):
-        scale = 1.0 / T                                                        # softmax temperature on every step
-        head = model.lm_head
-        model.lm_head = lambda h, head=head: head(h) * scale
-        try:
-            both = torch.cat([blocks, blocks])
-            _, samples, _ = _rollouts(model, both, starts, g)                   # (2B, P, 4)
-        finally:
-            model.lm_head = head
+        _, samples, _ = _rollouts(model, torch.cat([blocks, blocks]), starts, g, temperature=T)  # (2B, P, 4)
         a, b = samples[:blocks.shape[0]].flatten(0, 1), samples[blocks.shape[0]:].flatten(0, 1)
         rows.append({'model': 'gpt', 'T': T, 'N': None, **scores(a, b, y)})
     return rows

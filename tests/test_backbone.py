@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from calm_min.backbone import Backbone, BackboneConfig
+from calm_min.backbone import BackboneConfig
 from calm_min.gpt import GPT, GPTConfig
 
 
