@@ -4,9 +4,13 @@ the weights.
 
     python bench.py config/tiny.py                    # generation, training, energy-loss memory
     python bench.py config/tiny.py --what=memory --positions=4096
+    python bench.py config/gpu_small.py --what=generation --device=cpu --dtype=float32
 
 generation: CALM (K tokens per backbone step) vs the baseline of the same backbone, both with a KV
-  cache, tokens/s, and the share of CALM's time in backbone, energy head and AE decoder.
+  cache, tokens/s, and the share of CALM's time in backbone, energy head and AE decoder; beside it
+  the parameters each step multiplies with and the speedup they allow when weight reads bound a
+  step (batch 1): K * gpt / calm. The CALM-only parts (compression, head, decoder) are a fixed cost
+  per step, large beside a tiny backbone: compare config/tiny.py with config/gpu_small.py.
 training:   tokens of text per second of a full training step (forward, backward, AdamW) for both.
 memory:     peak memory of energy_loss (forward + backward) at N samples, M targets, P positions,
   against a naive version that materialises the (N, M, P, l) difference tensor. On CPU each
@@ -61,6 +65,17 @@ def models(cfg, device):
     return gpt.to(device).eval(), calm.to(device).eval()
 
 
+def params_read_per_step(gpt, calm) -> dict:
+    """Parameters each generation step multiplies with (embedding rows that are only gathered do not
+    count; a tied output projection does). At batch 1 a step is bound by reading these weights from
+    memory, so K * gpt / calm_total is the speedup that a perfect implementation would reach there."""
+    n = lambda *mods: sum(p.numel() for m in mods for p in m.parameters())
+    ae = calm.ae
+    parts = {'backbone': n(calm.backbone), 'compress': n(calm.compress), 'head': n(calm.head),
+             'decoder': n(ae.dec_in, ae.dec_chunk, ae.dec_expand, ae.dec_tok, ae.dec_norm) + ae.emb.weight.numel()}
+    return {'gpt': n(gpt.backbone) + gpt.tok_emb.weight.numel(), 'calm': sum(parts.values()), 'calm_parts': parts}
+
+
 @torch.no_grad()
 def bench_generation(cfg, device, gpt, calm):
     B, n, K = cfg.gen_batch, cfg.gen_tokens, cfg.chunk_size
@@ -80,6 +95,9 @@ def bench_generation(cfg, device, gpt, calm):
                 best = min(best, time.perf_counter() - t0)
         res[f'{name}_tokens_per_s'] = B * n / best
     res['speedup'] = res['calm_tokens_per_s'] / res['gpt_tokens_per_s']
+    w = params_read_per_step(gpt, calm)
+    res['params_read_per_step'] = w
+    res['weight_bound_speedup'] = K * w['gpt'] / w['calm']
     # where CALM's time goes: the same loop as CALM.generate, with a timer around each part
     parts = {'backbone': 0.0, 'head': 0.0, 'decoder': 0.0}
     g = torch.Generator(device=device).manual_seed(0)
