@@ -86,3 +86,48 @@ def test_bad_ae_checkpoints_fail_before_training(train_cfg, tmp_path):
     with pytest.raises(CheckpointError, match='trained with tokenizer'):
         train.main(dataclasses.replace(other, model='calm', ae_ckpt=str(train_cfg.ae_ckpt_path)))
     assert not calm_cfg.ckpt_path.exists()                    # nothing was trained or written
+
+
+def train_on_cycle(cycle: list[int], steps: int, seed: int = 0, L: int = 12):
+    """Sequences that walk a fixed cycle of chunk ids from a random phase, each id a random K=4-token
+    chunk of a 32-token vocabulary: the next chunk is a deterministic function of the context.
+    Train a small AE on the chunks, then CALM; return the fraction of next chunks (from chunk
+    position 2 on, so each sees two chunks of context) that one head sample decodes exactly."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    V, K, l = 32, 4, 16
+    chunks = torch.randint(1, V, (max(cycle) + 1, K), generator=g)
+    cyc = torch.tensor(cycle)
+
+    def batch(B):
+        start = torch.randint(0, len(cyc), (B, 1), generator=g)
+        return chunks[cyc[(start + torch.arange(L)) % len(cyc)]]         # (B, L, K)
+
+    ae = Autoencoder(AEConfig(vocab_size=V, chunk_size=K, latent_size=l, dim=64, hidden=128))
+    opt = torch.optim.AdamW(ae.parameters(), 3e-3)
+    for _ in range(200):
+        _, loss = ae(batch(32).view(-1, K), generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ae.eval()
+    model = CALM(CALMConfig(vocab_size=V, chunk_size=K, latent_size=l, head_blocks=2, noise_size=16,
+                            n_samples=8, n_targets=100, backbone=BackboneConfig(n_layer=2, n_head=2, n_embd=64)), ae)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-3)
+    for _ in range(steps):
+        _, loss = model(batch(16).flatten(1), generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        x = batch(64)
+        pred = model.ae.decode(model.head(model.hidden(x)[:, 1:-1], 1, g)[0])  # (64, L-2, K)
+        return (pred == x[:, 2:]).all(-1).float().mean().item()
+
+
+def test_calm_learns_the_next_chunk_from_context():
+    """End to end (AE, backbone, energy head, decoder): a cycle of 6 distinct chunks. A model that
+    ignored its context could at best name the most frequent chunk (1/6 right); over seeds 0-4 the
+    accuracy after 300 steps was 0.975-0.998, so 0.9 leaves a wide margin."""
+    assert train_on_cycle([0, 1, 2, 3, 4, 5], steps=300) > 0.9
