@@ -23,6 +23,7 @@ from calm_min.brierlm import evaluate_brier
 from calm_min.checkpoint import CheckpointError, load_model, pick_device
 from calm_min.config import ConfigError, EvalConfig, parse_args
 from calm_min.data import ChunkIndex, DataError, eval_blocks, load_corpus
+from calm_min.energy_head import energy_loss
 
 NOISE_LEVELS = (0.1, 0.2, 0.3, 0.5, 1.0)
 
@@ -37,7 +38,7 @@ def file_sha256(path) -> str:
 
 @torch.no_grad()
 def eval_lm(model, blocks, cfg: EvalConfig, bytes_per_token: float) -> dict:
-    """CE and bits per byte (baseline only) and BrierLM on blocks (n, C)."""
+    """BrierLM on blocks (n, C), with CE and bits per byte (baseline) or the energy loss by context (CALM)."""
     dev = next(model.parameters()).device
     out = {}
     if model.kind == 'gpt':
@@ -50,7 +51,39 @@ def eval_lm(model, blocks, cfg: EvalConfig, bytes_per_token: float) -> dict:
         out['cross_entropy'] = nll / n
         out['bits_per_byte'] = nll / n / math.log(2) / bytes_per_token
         out['ce_tokens'] = n
+    else:
+        out.update(eval_context(model, blocks, cfg))
     out.update(evaluate_brier(model, blocks, cfg.batch_size, exact=True, seed=cfg.seed, n_boot=cfg.bootstrap))
+    return out
+
+
+@torch.no_grad()
+def eval_context(model, blocks: torch.Tensor, cfg: EvalConfig) -> dict:
+    """CALM only: its energy loss (the training objective, lower is better) on the blocks three ways:
+    with the full context; with each position's context cut to its own chunk (all a chunk-bigram
+    model sees); and with each block's hidden states paired with the next block's targets (a context
+    from other text). The gaps say how much context the model uses, also where BrierLM is 0."""
+    dev = next(model.parameters()).device
+    g = torch.Generator(device=dev).manual_seed(cfg.seed)
+    K, N, M = model.cfg.chunk_size, model.cfg.n_samples, model.cfg.n_targets
+    sums, n, n_other = {'full_context': 0.0, 'last_chunk_only': 0.0, 'other_context': 0.0}, 0, 0
+    for i in range(0, len(blocks), cfg.batch_size):
+        x = model.chunks(blocks[i:i + cfg.batch_size].to(dev))               # (B, L, K)
+        B, L = x.shape[:2]
+        mu, log_sigma = model.ae.encode(x[:, 1:])                            # (B, L-1, l)
+        y = model.ae.sample_latent(mu.float(), log_sigma.float(), M, g)      # (M, B, L-1, l)
+        h = model.hidden(x)[:, :-1]                                          # (B, L-1, d)
+        h_last = model.hidden(x[:, :-1].reshape(B * (L - 1), 1, K)).view(B, L - 1, -1)
+        for name, hh in (('full_context', h), ('last_chunk_only', h_last), ('other_context', h.roll(1, 0))):
+            if name == 'other_context' and B < 2:
+                continue
+            sums[name] += energy_loss(model.head(hh, N, g), y, model.cfg.alpha).sum().item()
+        n += B * (L - 1)
+        n_other += B * (L - 1) if B >= 2 else 0
+    out = {'energy_loss_full_context': sums['full_context'] / n,
+           'energy_loss_last_chunk_only': sums['last_chunk_only'] / n, 'energy_loss_positions': n}
+    if n_other:
+        out['energy_loss_other_context'] = sums['other_context'] / n_other
     return out
 
 

@@ -8,7 +8,8 @@ clamps the product, which an even number of negative means would turn positive).
 
 Model estimators, all on the same (context, 4-gram) pairs: blocks of C tokens, the 4-gram starting
 at token t = s, 2s, ... (s = K for CALM: the chunk boundaries) with context block[:t].
-- `calm_brier`: two head samples per chunk position, each decoded by argmax.
+- `calm_brier`: two head samples per chunk position, each decoded by argmax; for K < 4 each sample
+  is a rollout of ceil(4/K) chunks (the official code's approach).
 - `gpt_brier(..., exact=False)`: two sampled 4-token rollouts per position (the generic estimator).
 - `gpt_brier(..., exact=True)`: 2 P(y_1..n) from teacher forcing, minus the collision term
   1[a_<n = b_<n] * sum_x p(x | a_<n)^2 (sampled prefixes, exact last-token sum): lower variance,
@@ -77,18 +78,53 @@ def summarize(est: torch.Tensor, groups: torch.Tensor, n_boot: int = 1000, seed:
 
 @torch.no_grad()
 def calm_brier(model, blocks: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """blocks (B, C) -> estimates (B, C/K - 1, 4): per chunk position i >= 1, two independent latents
-    from the head given chunks < i, each decoded by argmax, scored against chunk i's first 4 tokens."""
+    """blocks (B, C) -> estimates (B, P, 4): per chunk position i >= 1 whose chunks hold 4 target
+    tokens from token i K on, two independent samples given chunks < i, scored against those tokens.
+    K >= 4: two head latents, each decoded by argmax (P = C/K - 1). K < 4: each sample is a rollout of
+    ceil(4/K) chunks, every chunk fed back before the next is drawn (`calm_rollouts`)."""
     K = model.cfg.chunk_size
-    if K < NGRAM:
-        raise ValueError(f"the CALM Brier estimator needs chunk_size >= {NGRAM} (got K={K}); "
-                         f"rolling out further chunks for small K is not implemented")
     x = model.chunks(blocks)                                                  # (B, L, K)
-    h = model.hidden(x)[:, :-1]                                               # (B, L-1, d)
-    z = model.head(h, 2, generator)                                           # (2, B, L-1, l): independent noise
-    a, b = model.ae.decode(z)[..., :NGRAM]                                    # (B, L-1, 4) each
-    t = x[:, 1:, :NGRAM]                                                      # (B, L-1, 4)
+    B, L = x.shape[:2]
+    if K >= NGRAM:
+        h = model.hidden(x)[:, :-1]                                           # (B, L-1, d)
+        z = model.head(h, 2, generator)                                       # (2, B, L-1, l): independent noise
+        a, b = model.ae.decode(z)[..., :NGRAM]                                # (B, L-1, 4) each
+        t = x[:, 1:, :NGRAM]                                                  # (B, L-1, 4)
+        return brier_estimate(a.flatten(0, 1), b.flatten(0, 1), t.flatten(0, 1)).view(*t.shape)
+    R = -(-NGRAM // K)                                                        # chunks per rollout
+    starts = torch.arange(1, L - R + 1, device=blocks.device)                # (P,) chunk positions
+    if starts.numel() == 0:
+        raise ValueError(f"blocks of {blocks.shape[1]} tokens (K={K}) leave no chunk position with context "
+                         f"and {NGRAM} tokens to predict: use blocks of at least {(R + 1) * K} tokens")
+    samples, _ = calm_rollouts(model, torch.cat([x, x]), starts, R, generator)  # (2B, P, R*K): streams a, b
+    a, b = samples[:B, :, :NGRAM], samples[B:, :, :NGRAM]                     # (B, P, 4)
+    t = blocks[:, starts[:, None] * K + torch.arange(NGRAM, device=blocks.device)]  # (B, P, 4)
     return brier_estimate(a.flatten(0, 1), b.flatten(0, 1), t.flatten(0, 1)).view(*t.shape)
+
+
+def calm_rollouts(model, x: torch.Tensor, starts: torch.Tensor, n_chunks: int,
+                  generator: torch.Generator | None = None):
+    """Chunks x (B, L, K); for every row and chunk position i in `starts` (P,), sample n_chunks chunks
+    given x[:, :i], each decoded and fed back before the next. Returns the tokens (B, P, n_chunks*K)
+    and the hidden state each chunk was drawn from (B, P, n_chunks, d). As in `_rollouts`, the P
+    rollouts share the row's KV cache through a tree mask: one backbone step per rolled-out chunk."""
+    B, L, _ = x.shape
+    P = starts.shape[0]
+    dev = x.device
+    cache = model.backbone.make_cache(B, L + (n_chunks - 1) * P, dev, model.tok_emb.weight.dtype)
+    h = model.hidden(x, cache)[:, starts - 1]                                 # (B, P, d): given chunks < i
+    ctx_mask = torch.arange(L, device=dev)[None, :] < starts[:, None]         # (P, L)
+    eye = torch.eye(P, dtype=torch.bool, device=dev)
+    chunks, hs = [], []
+    for j in range(n_chunks):
+        hs.append(h)
+        c = model.ae.decode(model.head(h, 1, generator)[0])                   # (B, P, K)
+        chunks.append(c)
+        if j == n_chunks - 1:
+            break
+        mask = torch.cat([ctx_mask] + [eye] * (j + 1), dim=1)                 # (P, L + (j+1) P)
+        h = model.hidden(c, cache, pos=starts + j, mask=mask)                # (B, P, d): P chunks, one per rollout
+    return torch.cat(chunks, -1), torch.stack(hs, 2)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -71,10 +71,11 @@ class CALM(nn.Module):
                              f"of chunk_size={K}")
         return tokens.view(tokens.shape[0], -1, K)
 
-    def hidden(self, x: torch.Tensor, cache=None) -> torch.Tensor:
-        """Chunks x (B, L, K) -> backbone hidden states (B, L, d); position i conditions chunk i+1."""
+    def hidden(self, x: torch.Tensor, cache=None, pos=None, mask=None) -> torch.Tensor:
+        """Chunks x (B, L, K) -> backbone hidden states (B, L, d); position i conditions chunk i+1.
+        `cache`, `pos` and `mask` go to the backbone (see `Backbone.forward`)."""
         e = self.tok_emb(x).flatten(-2)                                       # (B, L, K*d)
-        return self.backbone(self.compress(e), cache=cache)                   # (B, L, d)
+        return self.backbone(self.compress(e), cache=cache, pos=pos, mask=mask)  # (B, L, d)
 
     def forward(self, tokens: torch.Tensor, generator: torch.Generator | None = None):
         """tokens (B, T) -> (output dict, mean energy loss over the B * (T/K - 1) predicted chunks)."""

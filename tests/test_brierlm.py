@@ -121,5 +121,45 @@ def test_calm_estimator_uses_two_independent_draws():
     assert est.shape == (8, 7, 4)
     # one latent decoded twice would give a == b everywhere: every estimate would be +1 or -1
     assert (est == 0).float().mean() > 0.5
-    with pytest.raises(ValueError, match='chunk_size >= 4'):
-        calm_brier(tiny_calm(K=2), torch.randint(40, (2, 8)))
+
+
+@pytest.mark.parametrize('K', [1, 2, 3])
+def test_calm_estimator_for_small_k(K):
+    """K < 4: each sample is a rollout of ceil(4/K) chunks; positions whose chunks hold 4 tokens."""
+    model = tiny_calm(K=K)
+    R = -(-4 // K)
+    L = 9
+    est = calm_brier(model, torch.randint(40, (3, L * K)), torch.Generator().manual_seed(0))
+    assert est.shape == (3, L - R, 4) and est.min() >= -1 and est.max() <= 2
+    with pytest.raises(ValueError, match='at least'):
+        calm_brier(model, torch.randint(40, (2, R * K)))
+
+
+@pytest.mark.parametrize('K', [1, 2])
+def test_calm_rollouts_match_full_recomputation(K):
+    """The tree-masked rollouts draw each chunk from the hidden state that a full forward pass over
+    context + the earlier rolled-out chunks gives."""
+    from calm_min.brierlm import calm_rollouts
+    model = tiny_calm(K=K)
+    x = torch.randint(40, (2, 10, K))
+    starts = torch.tensor([1, 4, 6])
+    R = -(-4 // K)
+    toks, hs = calm_rollouts(model, x, starts, R, torch.Generator().manual_seed(0))
+    assert toks.shape == (2, 3, R * K) and hs.shape == (2, 3, R, 64)
+    for p, i in enumerate(starts.tolist()):
+        for j in range(R):
+            seq = torch.cat([x[:, :i], toks[:, p, :j * K].view(2, j, K)], 1)
+            torch.testing.assert_close(hs[:, p, j], model.hidden(seq)[:, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_calm_fast_path_equals_one_chunk_rollout():
+    """For K >= 4 calm_brier draws both samples from one head call; a 1-chunk rollout of two stacked
+    streams draws the same noise in the same order, so the estimates are identical."""
+    from calm_min.brierlm import calm_rollouts
+    model = tiny_calm(K=4)
+    blocks = torch.randint(40, (3, 24))
+    fast = calm_brier(model, blocks, torch.Generator().manual_seed(3))
+    x = model.chunks(blocks)
+    toks, _ = calm_rollouts(model, torch.cat([x, x]), torch.arange(1, 6), 1, torch.Generator().manual_seed(3))
+    slow = brier_estimate(toks[:3].flatten(0, 1), toks[3:].flatten(0, 1), x[:, 1:].flatten(0, 1)).view(3, 5, 4)
+    assert torch.equal(fast, slow)

@@ -3,11 +3,13 @@ import dataclasses
 import pytest
 import torch
 
+import eval as evaluate
 import train
 from calm_min.autoencoder import AEConfig, Autoencoder, state_hash
 from calm_min.backbone import BackboneConfig
 from calm_min.calm import CALM, CALMConfig
 from calm_min.checkpoint import CheckpointError, load_model
+from calm_min.config import EvalConfig
 
 
 def tiny_calm(K=4, V=40, l=8, seed=0, random_head=True):
@@ -75,6 +77,13 @@ def test_calm_pipeline_trains_missing_ae(train_cfg):
     assert train_cfg.ae_ckpt_path.exists() and len(res['losses']) == train_cfg.max_iters
 
 
+def test_small_k_trains_and_reports_brierlm(train_cfg):
+    """K = 2: the AE, then CALM, whose evaluation rolls out two chunks per BrierLM sample."""
+    res = train.main(dataclasses.replace(train_cfg, model='calm', chunk_size=2))
+    assert 0 <= res['evals'][-1]['val_brierlm'] <= 100
+    assert load_model(res['ckpt'], ('calm',))[0].cfg.chunk_size == 2
+
+
 def test_bad_ae_checkpoints_fail_before_training(train_cfg, tmp_path):
     calm_cfg = dataclasses.replace(train_cfg, model='calm')
     with pytest.raises(CheckpointError, match='not found'):
@@ -91,8 +100,9 @@ def test_bad_ae_checkpoints_fail_before_training(train_cfg, tmp_path):
 def train_on_cycle(cycle: list[int], steps: int, seed: int = 0, L: int = 12):
     """Sequences that walk a fixed cycle of chunk ids from a random phase, each id a random K=4-token
     chunk of a 32-token vocabulary: the next chunk is a deterministic function of the context.
-    Train a small AE on the chunks, then CALM; return the fraction of next chunks (from chunk
-    position 2 on, so each sees two chunks of context) that one head sample decodes exactly."""
+    Train a small AE on the chunks, then CALM. Returns the fraction of next chunks (from chunk
+    position 2 on, so each sees two chunks of context) that one head sample decodes exactly, the
+    model, and 64 held-out sequences (64, L*K)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     V, K, l = 32, 4, 16
@@ -123,11 +133,16 @@ def train_on_cycle(cycle: list[int], steps: int, seed: int = 0, L: int = 12):
     with torch.no_grad():
         x = batch(64)
         pred = model.ae.decode(model.head(model.hidden(x)[:, 1:-1], 1, g)[0])  # (64, L-2, K)
-        return (pred == x[:, 2:]).all(-1).float().mean().item()
+        return (pred == x[:, 2:]).all(-1).float().mean().item(), model, x.flatten(1)
 
 
 def test_calm_learns_the_next_chunk_from_context():
     """End to end (AE, backbone, energy head, decoder): a cycle of 6 distinct chunks. A model that
     ignored its context could at best name the most frequent chunk (1/6 right); over seeds 0-4 the
     accuracy after 300 steps was 0.975-0.998, so 0.9 leaves a wide margin."""
-    assert train_on_cycle([0, 1, 2, 3, 4, 5], steps=300) > 0.9
+    acc, model, held_out = train_on_cycle([0, 1, 2, 3, 4, 5], steps=300)
+    assert acc > 0.9
+    # eval.py's context diagnostic: another sequence's context is far worse than the model's own
+    e = evaluate.eval_context(model, held_out, EvalConfig(batch_size=16))
+    assert e['energy_loss_full_context'] + 1 < e['energy_loss_other_context']
+    assert e['energy_loss_positions'] == 64 * 11

@@ -45,6 +45,11 @@ def test_values_validated():
         parse_args(['--alpha=3'], TrainConfig)
     with pytest.raises(ConfigError, match='--token_dropout'):
         parse_args(['--token_dropout=1.5'], TrainConfig)
+    with pytest.raises(ConfigError, match='block_size >= 5'):        # K = 1: a chunk of context + 4 tokens
+        parse_args(['--model=calm', '--chunk_size=1', '--block_size=4'], TrainConfig)
+    with pytest.raises(ConfigError, match='block_size >= 16'):       # K = 8: two chunks
+        parse_args(['--model=calm', '--chunk_size=8', '--block_size=12'], TrainConfig)
+    assert parse_args(['--model=calm', '--chunk_size=2', '--block_size=6'], TrainConfig).block_size == 6
     with pytest.raises(ConfigError, match='--temperature must be > 0'):
         parse_args(['--temperature=0'], SampleConfig)
 

@@ -56,6 +56,7 @@ def test_eval_reports(trained, tmp_path):
     c = evaluate.main(EvalConfig(ckpt=trained.out_dir + '/calm.pt', context=32, max_blocks=4, bootstrap=50,
                                  device='cpu'))
     assert c['results']['positions'] == r['positions'] and c['protocol']['context_positions'] == 8
+    assert c['results']['energy_loss_positions'] == 4 * 7 and 'cross_entropy' not in c['results']
     a = evaluate.main(EvalConfig(ckpt=trained.out_dir + '/ae.pt', max_blocks=2, context=32, device='cpu'))['results']
     assert a['chunks'] == 16 and 0 <= a['token_accuracy_sampled'] <= 1 and len(a['kl_per_dim']) == 16
     assert set(a['noise_robustness']) == {'0.1', '0.2', '0.3', '0.5', '1.0'}

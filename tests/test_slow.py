@@ -42,4 +42,9 @@ def test_calm_uses_more_than_the_last_chunk():
     so a model that reads only the last chunk gets at most 5/8 + 3/8 * 1/3 = 0.75 right. After 800
     steps seeds 0-2 reached 0.970-0.983; we ask for 0.9."""
     from test_calm import train_on_cycle
-    assert train_on_cycle([0, 1, 2, 0, 3, 4, 5, 0], steps=800) > 0.9
+    import eval as evaluate
+    from calm_min.config import EvalConfig
+    acc, model, held_out = train_on_cycle([0, 1, 2, 0, 3, 4, 5, 0], steps=800)
+    assert acc > 0.9
+    e = evaluate.eval_context(model, held_out, EvalConfig(batch_size=16))
+    assert e['energy_loss_full_context'] < e['energy_loss_last_chunk_only'] < e['energy_loss_other_context']
