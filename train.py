@@ -5,8 +5,8 @@
     torchrun --nproc_per_node=8 train.py config/gpu_small.py   # DDP
 
 Checkpoints are {out_dir}/{model}.pt, written atomically at every evaluation; --resume=true
-continues one exactly (optimizer, step, random generators, data position). Every logged figure
-also goes to {out_dir}/{model}.jsonl.
+continues one exactly (optimizer, step, every process's random generators, hence data position).
+Every logged figure also goes to {out_dir}/{model}.jsonl.
 """
 from __future__ import annotations
 
@@ -136,10 +136,17 @@ def main(cfg: TrainConfig, _nested: bool = False) -> dict:
     start = 0
     if ckpt is not None:
         optimizer.load_state_dict(ckpt['optimizer'])
-        g_data.set_state(ckpt['rng']['data'])
-        g_model.set_state(ckpt['rng']['model'])
-        torch.set_rng_state(ckpt['rng']['torch'])
         start = ckpt['step']
+        ranks = ckpt.get('rng_ranks') or [ckpt['rng']]        # every process's generators
+        if len(ranks) == world:
+            g_data.set_state(ranks[rank]['data'])
+            g_model.set_state(ranks[rank]['model'])
+            torch.set_rng_state(ranks[rank]['torch'])
+        else:                                                 # fresh, distinct streams for the new layout
+            g_data.manual_seed(cfg.seed + rank + 7919 * start)
+            g_model.manual_seed(cfg.seed + 1000 + rank + 7919 * start)
+            log(f"note: {path} was saved by {len(ranks)} process(es) and this run has {world}: training "
+                f"continues, but its batches and noise differ from an uninterrupted run's")
         log(f"resumed {path} at step {start}")
     compile_on = cfg.compile == 'true' or (cfg.compile == 'auto' and device.type == 'cuda')
     fwd = torch.compile(model) if compile_on else model
@@ -192,15 +199,23 @@ def main(cfg: TrainConfig, _nested: bool = False) -> dict:
         return rec
 
     def save(it, evals):
+        """Called by every process: each one's generator states go into rank 0's checkpoint."""
+        mine = {'data': g_data.get_state(), 'model': g_model.get_state().cpu(), 'torch': torch.get_rng_state()}
+        ranks = [mine]
+        if ddp:
+            ranks = [None] * world
+            torch.distributed.all_gather_object(ranks, mine)
+        if not master:
+            return
         ckpt_path = path.with_name(f'{cfg.model}_{it}.pt') if cfg.keep_checkpoints else None
         for p in filter(None, (path, ckpt_path)):
-            save_checkpoint(p, state(it, evals))
+            save_checkpoint(p, state(it, evals, ranks))
 
-    def state(it, evals):
+    def state(it, evals, ranks):
         return {
             'kind': cfg.model, 'model_config': dataclasses.asdict(model.cfg), 'train_config': dataclasses.asdict(cfg),
             'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': it,
-            'rng': {'data': g_data.get_state(), 'model': g_model.get_state().cpu(), 'torch': torch.get_rng_state()},
+            'rng': ranks[0], 'rng_ranks': ranks,
             'tokenizer': tok.identity, 'tokenizer_json': tok.to_str(), 'evals': evals, **extra,
             **({'hash': state_hash(model)} if is_ae else {})}
 
@@ -226,7 +241,7 @@ def main(cfg: TrainConfig, _nested: bool = False) -> dict:
             rec = {'kind': 'eval', **evaluate(it)}
             evals.append(rec)
             record(rec)
-            if master and it > start:
+            if it > start:
                 save(it, evals)
         lr = lr_at(cfg, it, base_lr, max_iters)
         for group in optimizer.param_groups:
@@ -262,8 +277,8 @@ def main(cfg: TrainConfig, _nested: bool = False) -> dict:
         rec = {'kind': 'eval', **evaluate(max_iters)}
         evals.append(rec)
         record(rec)
+    save(max_iters, evals)
     if master:
-        save(max_iters, evals)
         log(f"saved {path} after {time.time() - t_start:.0f}s")
         if cfg.num_samples and not is_ae:
             show_samples(model, tok, cfg, device)

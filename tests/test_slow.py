@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import train
 from calm_min.checkpoint import load_checkpoint, load_model
@@ -23,6 +24,25 @@ def test_ddp_two_processes_on_cpu(corpus_jsonl, tmp_path):
     ckpt = load_checkpoint(out / 'calm.pt', ('calm',))
     assert ckpt['step'] == 6 and not any(k.startswith(('module.', '_orig_mod.')) for k in ckpt['model'])
     assert r.stdout.count('saved ') == 2                       # rank 0 alone writes: ae.pt, calm.pt
+
+
+def test_ddp_resume_equals_uninterrupted(corpus_jsonl, tmp_path):
+    """2 gloo processes: 3 steps, then --resume to 6, gives the weights of 6 uninterrupted steps
+    (each process's generators are saved and restored, not only rank 0's)."""
+    def run(out, *extra):
+        r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                            'train.py', 'config/test.py', '--model=gpt', '--lr_schedule=constant',
+                            f'--dataset={corpus_jsonl}', '--tokenizer=bytes', f'--data_dir={tmp_path / "cache"}',
+                            f'--out_dir={tmp_path / out}', '--num_samples=0', *extra],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return load_checkpoint(tmp_path / out / 'gpt.pt', ('gpt',))
+    full = run('full')
+    run('half', '--max_iters=3')
+    resumed = run('half', '--resume=true')
+    assert len(full['rng_ranks']) == 2 and not torch.equal(full['rng_ranks'][0]['data'], full['rng_ranks'][1]['data'])
+    assert resumed['step'] == full['step'] == 6
+    assert all(torch.equal(full['model'][k], resumed['model'][k]) for k in full['model'])
 
 
 def test_autoencoder_learns_real_text(train_cfg):

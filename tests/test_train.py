@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import train
-from calm_min.checkpoint import CheckpointError, load_checkpoint, load_model
+from calm_min.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from calm_min.config import ConfigError
 from calm_min.data import DataError
 from conftest import ROOT
@@ -39,6 +39,18 @@ def test_resume_equals_uninterrupted(train_cfg, tmp_path, model):
     a = load_checkpoint(full['ckpt'])['model']
     b = load_checkpoint(second['ckpt'])['model']
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_another_process_count(train_cfg, capsys):
+    """A checkpoint from 2 DDP processes resumed by 1: it continues, with fresh generators and a note."""
+    train.main(dataclasses.replace(train_cfg, max_iters=3))
+    ckpt = load_checkpoint(train_cfg.ckpt_path)
+    assert len(ckpt['rng_ranks']) == 1
+    ckpt['rng_ranks'] = ckpt['rng_ranks'] * 2
+    save_checkpoint(train_cfg.ckpt_path, ckpt)
+    res = train.main(dataclasses.replace(train_cfg, resume=True))
+    assert len(res['losses']) == train_cfg.max_iters - 3
+    assert 'was saved by 2 process(es) and this run has 1' in capsys.readouterr().out
 
 
 def test_existing_checkpoint_not_overwritten(train_cfg):
