@@ -11,7 +11,9 @@ generation: CALM (K tokens per backbone step) vs the baseline of the same backbo
   the parameters each step multiplies with and the speedup they allow when weight reads bound a
   step (batch 1): K * gpt / calm. The CALM-only parts (compression, head, decoder) are a fixed cost
   per step, large beside a tiny backbone: compare config/tiny.py with config/gpu_small.py.
-training:   tokens of text per second of a full training step (forward, backward, AdamW) for both.
+training:   tokens of text per second of a full training step (forward, backward, AdamW) for both,
+  through torch.compile as train.py does (--compile: auto = on for CUDA); the first, untimed step
+  compiles.
 memory:     peak memory of energy_loss (forward + backward) at N samples, M targets, P positions,
   against a naive version that materialises the (N, M, P, l) difference tensor. On CPU each
   variant runs in a fresh subprocess and the figure is its peak resident memory (VmHWM, reset just
@@ -126,19 +128,23 @@ def bench_training(cfg, device, gpt, calm):
     amp = autocast(device, cfg.dtype)
     T = cfg.block_size // cfg.chunk_size * cfg.chunk_size
     g = torch.Generator().manual_seed(0)
+    compile_on = cfg.compile == 'true' or (cfg.compile == 'auto' and device.type == 'cuda')
+    res['compiled'] = compile_on
     for name, model in (('gpt', gpt), ('calm', calm)):
         model.train()
         opt = make_optimizer(model, cfg, cfg.lr, device)
         gm = torch.Generator(device=device).manual_seed(0)
+        fwd = torch.compile(model) if compile_on else model
 
         def step():
             b = torch.randint(cfg.vocab_size, (cfg.batch_size, T + 1), generator=g).to(device)
             with amp:
-                _, loss = model(b[:, :-1], b[:, 1:]) if name == 'gpt' else model(b[:, :T], generator=gm)
+                _, loss = fwd(b[:, :-1], b[:, 1:]) if name == 'gpt' else fwd(b[:, :T], generator=gm)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-        step()
+        for _ in range(2 if compile_on else 1):               # warm-up (and compilation)
+            step()
         sync(device)
         t0 = time.perf_counter()
         for _ in range(cfg.train_steps):

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The prepared GPU check, for a session that is lent a CUDA machine (aimed at under 10 minutes on one
+# H200): the CUDA paths (torch.compile, bf16 autocast, SDPA/FlashAttention) run end to end, and
+# their figures go to five files in $OUT. It uses the machine's own torch (no install; it needs
+# tokenizers, numpy, pytest and hypothesis there):
+#
+#     OUT=/tmp/gpu bash experiments/gpu_check.sh            # on the GPU machine
+#     SMALL=1 OUT=/tmp/dry bash experiments/gpu_check.sh    # a CPU dry run of the same steps
+set -euo pipefail
+export PYTHONPATH=. PYTHONUNBUFFERED=1
+OUT=${OUT:-out/gpu_check}
+RUN=out/gpu_check_run                                        # checkpoints stay on the machine
+mkdir -p "$OUT" "$RUN"
+if [ "${SMALL:-0}" = 1 ]; then
+  PRESET=config/test.py; DEV=cpu; EXTRA="--dataset=sotu --tokenizer=bytes --vocab_size=257"; ITERS=10; AE_ITERS=10
+else
+  PRESET=config/gpu_small.py; DEV=cuda; EXTRA=""; ITERS=200; AE_ITERS=1000
+fi
+{ python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null || true
+  python3 -m pytest -q -x -p no:cacheprovider 2>&1 | tail -3; } | tee "$OUT/env.txt"   # the CPU suite, this torch
+# throughput at the preset's sizes: generation (batch 1, then 64), compiled training, energy-loss memory
+python3 bench.py $PRESET --device=$DEV $EXTRA > "$OUT/bench.json"
+python3 bench.py $PRESET --device=$DEV $EXTRA --what=generation --gen_batch=64 --gen_tokens=128 > "$OUT/bench_gen64.json"
+# end to end, compiled, bf16 (auto on CUDA): the AE, then CALM, then the baseline, then evaluation
+COMMON="$PRESET --device=$DEV $EXTRA --out_dir=$RUN --max_iters=$ITERS --eval_interval=$ITERS --num_samples=2 --overwrite=true"
+python3 train.py $COMMON --model=calm --ae_max_iters=$AE_ITERS 2>&1 | tee "$OUT/train.log"
+python3 train.py $COMMON --model=gpt 2>&1 | tee -a "$OUT/train.log"
+for m in ae calm gpt; do
+  python3 eval.py --ckpt="$RUN/$m.pt" --device=$DEV --out="$RUN/eval_$m.json" > /dev/null
+  python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))" "$RUN/eval_$m.json" >> "$OUT/evals.jsonl"
+done
+echo "done: $(ls "$OUT" | tr '\n' ' ')"
