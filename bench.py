@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from calm_min.checkpoint import autocast, pick_device
+from calm_min.checkpoint import autocast, pick_device, use_compile
 from calm_min.config import ConfigError, TrainConfig, parse_args
 from calm_min.energy_head import energy_loss
 from train import build_model, make_optimizer
@@ -128,7 +128,7 @@ def bench_training(cfg, device, gpt, calm):
     amp = autocast(device, cfg.dtype)
     T = cfg.block_size // cfg.chunk_size * cfg.chunk_size
     g = torch.Generator().manual_seed(0)
-    compile_on = cfg.compile == 'true' or (cfg.compile == 'auto' and device.type == 'cuda')
+    compile_on = use_compile(cfg.compile, device)
     res['compiled'] = compile_on
     for name, model in (('gpt', gpt), ('calm', calm)):
         model.train()

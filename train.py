@@ -24,7 +24,7 @@ from calm_min.backbone import BackboneConfig
 from calm_min.brierlm import evaluate_brier
 from calm_min.calm import CALM, CALMConfig
 from calm_min.checkpoint import (CheckpointError, autocast, load_autoencoder, load_checkpoint, pick_device,
-                                 save_checkpoint)
+                                 save_checkpoint, use_compile)
 from calm_min.config import ConfigError, TrainConfig, parse_args
 from calm_min.data import ChunkIndex, DataError, eval_blocks, lm_batch, load_corpus
 from calm_min.gpt import GPT, GPTConfig
@@ -137,7 +137,7 @@ def main(cfg: TrainConfig, _nested: bool = False) -> dict:
     if ckpt is not None:
         optimizer.load_state_dict(ckpt['optimizer'])
         start = ckpt['step']
-        ranks = ckpt.get('rng_ranks') or [ckpt['rng']]        # every process's generators
+        ranks = ckpt.get('rng_ranks') or [ckpt['rng']]        # per process; older files hold one 'rng'
         if len(ranks) == world:
             g_data.set_state(ranks[rank]['data'])
             g_model.set_state(ranks[rank]['model'])
@@ -148,8 +148,7 @@ def main(cfg: TrainConfig, _nested: bool = False) -> dict:
             log(f"note: {path} was saved by {len(ranks)} process(es) and this run has {world}: training "
                 f"continues, but its batches and noise differ from an uninterrupted run's")
         log(f"resumed {path} at step {start}")
-    compile_on = cfg.compile == 'true' or (cfg.compile == 'auto' and device.type == 'cuda')
-    fwd = torch.compile(model) if compile_on else model
+    fwd = torch.compile(model) if use_compile(cfg.compile, device) else model
     if ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         fwd = DDP(fwd, device_ids=[device.index] if device.type == 'cuda' else None)
@@ -215,7 +214,7 @@ def main(cfg: TrainConfig, _nested: bool = False) -> dict:
         return {
             'kind': cfg.model, 'model_config': dataclasses.asdict(model.cfg), 'train_config': dataclasses.asdict(cfg),
             'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': it,
-            'rng': ranks[0], 'rng_ranks': ranks,
+            'rng_ranks': ranks,
             'tokenizer': tok.identity, 'tokenizer_json': tok.to_str(), 'evals': evals, **extra,
             **({'hash': state_hash(model)} if is_ae else {})}
 

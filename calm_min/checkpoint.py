@@ -114,6 +114,11 @@ def pick_device(name: str = 'auto') -> torch.device:
     return dev
 
 
+def use_compile(choice: str, device: torch.device) -> bool:
+    """--compile: 'true', 'false', or 'auto' (on for CUDA, off elsewhere)."""
+    return choice == 'true' or (choice == 'auto' and device.type == 'cuda')
+
+
 def autocast(device: torch.device, dtype: str = 'auto'):
     """bf16 autocast where supported ('auto': CUDA with bf16), else a no-op context."""
     use_bf16 = dtype == 'bfloat16' or (dtype == 'auto' and device.type == 'cuda' and torch.cuda.is_bf16_supported())

@@ -227,11 +227,11 @@ class TrainConfig:
                               f"samples), got {self.n_samples}")
         if not (0 < self.alpha <= 2):
             raise ConfigError(f"--alpha must be in (0, 2], got {self.alpha}")
-        need = (1 + -(-4 // self.chunk_size)) * self.chunk_size   # context + a 4-token BrierLM outcome
-        if self.model == 'calm' and self.block_size < max(2 * self.chunk_size, need):
+        need = (1 + -(-4 // self.chunk_size)) * self.chunk_size   # a chunk of context + whole chunks holding 4 tokens
+        if self.model == 'calm' and self.block_size < need:
             raise ConfigError(f"--block_size={self.block_size} is too short for CALM with --chunk_size="
                               f"{self.chunk_size}: BrierLM needs one chunk of context and 4 tokens after it; "
-                              f"use --block_size >= {max(2 * self.chunk_size, need)}")
+                              f"use --block_size >= {need}")
         if self.tokenizer == 'bpe' and self.vocab_size < 260:
             raise ConfigError(f"--vocab_size must be >= 260 for a byte-level BPE, got {self.vocab_size}")
         if self.resume and self.overwrite:
