@@ -30,14 +30,15 @@ from dataclasses import dataclass
 
 import torch
 
-from calm_min.checkpoint import autocast, pick_device, use_compile
-from calm_min.config import ConfigError, TrainConfig, parse_args
+from calm_min.config import ConfigError, TrainConfig, help_text, parse_args
+from calm_min.device import autocast, pick_device, use_compile
 from calm_min.energy_head import energy_loss
 from train import build_model, make_optimizer
 
 
 @dataclass
-class BenchConfig(TrainConfig):
+class BenchConfig:
+    """The benchmark's own options; the model sizes come from a training preset and its flags."""
     what: str = 'all'              # all, generation, training, memory
     gen_batch: int = 1             # sequences generated at once
     gen_tokens: int = 256          # new tokens per sequence
@@ -47,9 +48,21 @@ class BenchConfig(TrainConfig):
     repeats: int = 3
 
     def validate(self):
-        super().validate()
         if self.what not in ('all', 'generation', 'training', 'memory'):
             raise ConfigError(f"--what must be all, generation, training or memory; got {self.what!r}")
+        for name in ('gen_batch', 'gen_tokens', 'train_steps', 'positions', 'repeats'):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
+
+
+def parse_bench_args(argv: list[str]) -> tuple[BenchConfig, TrainConfig]:
+    """The benchmark's --flags go to BenchConfig, presets and every other flag to TrainConfig."""
+    own = {f.name for f in dataclasses.fields(BenchConfig)}
+    is_own = [a.startswith('--') and a[2:].partition('=')[0].replace('-', '_') in own for a in argv]
+    if '-h' in argv or '--help' in argv:
+        print(help_text(BenchConfig) + '\nand the model sizes, as train.py takes them:')
+    bcfg = parse_args([a for a, o in zip(argv, is_own) if o], BenchConfig)
+    return bcfg, parse_args([a for a, o in zip(argv, is_own) if not o], TrainConfig)
 
 
 def sync(device):
@@ -59,10 +72,9 @@ def sync(device):
 
 def models(cfg, device):
     """A baseline and a CALM with the preset's sizes (random weights, the AE built in place)."""
-    tok = {'kind': 'bench'}
-    gpt, _ = build_model(dataclasses.replace(cfg, model='gpt'), tok, cfg.vocab_size, 0)
-    ae, _ = build_model(dataclasses.replace(cfg, model='ae'), tok, cfg.vocab_size, 0)
-    calm, _ = build_model(dataclasses.replace(cfg, model='calm'), tok, cfg.vocab_size, 0, ae=ae)
+    gpt = build_model(dataclasses.replace(cfg, model='gpt'), cfg.vocab_size, 0)
+    ae = build_model(dataclasses.replace(cfg, model='ae'), cfg.vocab_size, 0)
+    calm = build_model(dataclasses.replace(cfg, model='calm'), cfg.vocab_size, 0, ae=ae)
     torch.nn.init.normal_(calm.head.final_out.weight, std=0.02)  # a head that varies, as after training
     return gpt.to(device).eval(), calm.to(device).eval()
 
@@ -79,8 +91,8 @@ def params_read_per_step(gpt, calm) -> dict:
 
 
 @torch.no_grad()
-def bench_generation(cfg, device, gpt, calm):
-    B, n, K = cfg.gen_batch, cfg.gen_tokens, cfg.chunk_size
+def bench_generation(bench, cfg, device, gpt, calm):
+    B, n, K = bench.gen_batch, bench.gen_tokens, cfg.chunk_size
     prompt = torch.zeros(B, K, dtype=torch.long, device=device)
     amp = autocast(device, cfg.dtype)
     res = {}
@@ -89,7 +101,7 @@ def bench_generation(cfg, device, gpt, calm):
         with amp:
             fn(torch.Generator(device=device).manual_seed(0))  # warm-up
             best = float('inf')
-            for r in range(cfg.repeats):
+            for r in range(bench.repeats):
                 sync(device)
                 t0 = time.perf_counter()
                 fn(torch.Generator(device=device).manual_seed(r))
@@ -100,33 +112,20 @@ def bench_generation(cfg, device, gpt, calm):
     w = params_read_per_step(gpt, calm)
     res['params_read_per_step'] = w
     res['weight_bound_speedup'] = K * w['gpt'] / w['calm']
-    # where CALM's time goes: the same loop as CALM.generate, with a timer around each part
-    parts = {'backbone': 0.0, 'head': 0.0, 'decoder': 0.0}
-    g = torch.Generator(device=device).manual_seed(0)
-    x = prompt.view(B, 1, K)
-    cache = calm.backbone.make_cache(B, 1 + n // K, device, calm.tok_emb.weight.dtype)
-
-    def timed(part, f):
-        sync(device)
-        t0 = time.perf_counter()
-        out = f()
-        sync(device)
-        parts[part] += time.perf_counter() - t0
-        return out
-    with amp:
-        for _ in range(n // K):
-            h = timed('backbone', lambda: calm.hidden(x, cache)[:, -1])
-            z = timed('head', lambda: calm.head(h, 1, g)[0])
-            x = timed('decoder', lambda: calm.ae.decode(z))[:, None]
-    total = sum(parts.values())
+    # where CALM's time goes: one generate() under the profiler, by the parts CALM.generate labels
+    with amp, torch.profiler.profile() as prof:
+        calm.generate(prompt, n, generator=torch.Generator(device=device).manual_seed(0))
+    times = {e.key: (e.device_time_total if device.type == 'cuda' else e.cpu_time_total)
+             for e in prof.key_averages() if e.key.startswith('calm.')}
+    parts = {k: times.get(f'calm.{k}', 0.0) for k in ('backbone', 'head', 'decoder')}
+    total = sum(parts.values()) or 1.0
     res['calm_time_share'] = {k: round(v / total, 3) for k, v in parts.items()}
     return res
 
 
-def bench_training(cfg, device, gpt, calm):
+def bench_training(bench, cfg, device, gpt, calm):
     res = {}
     amp = autocast(device, cfg.dtype)
-    T = cfg.block_size // cfg.chunk_size * cfg.chunk_size
     g = torch.Generator().manual_seed(0)
     compile_on = use_compile(cfg.compile, device)
     res['compiled'] = compile_on
@@ -136,10 +135,13 @@ def bench_training(cfg, device, gpt, calm):
         gm = torch.Generator(device=device).manual_seed(0)
         fwd = torch.compile(model) if compile_on else model
 
+        s, window = model.tokens_per_step, model.train_window(cfg.block_size)
+        T = cfg.block_size // s * s                           # tokens of text per example (as train.py counts)
+
         def step():
-            b = torch.randint(cfg.vocab_size, (cfg.batch_size, T + 1), generator=g).to(device)
+            w = torch.randint(cfg.vocab_size, (cfg.batch_size, window), generator=g).to(device)
             with amp:
-                _, loss = fwd(b[:, :-1], b[:, 1:]) if name == 'gpt' else fwd(b[:, :T], generator=gm)
+                _, loss = fwd(w[:, :-s], w[:, s:], generator=gm)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -147,10 +149,10 @@ def bench_training(cfg, device, gpt, calm):
             step()
         sync(device)
         t0 = time.perf_counter()
-        for _ in range(cfg.train_steps):
+        for _ in range(bench.train_steps):
             step()
         sync(device)
-        res[f'{name}_train_tokens_per_s'] = cfg.batch_size * T * cfg.train_steps / (time.perf_counter() - t0)
+        res[f'{name}_train_tokens_per_s'] = cfg.batch_size * T * bench.train_steps / (time.perf_counter() - t0)
         model.eval()
     res['calm_over_gpt'] = res['calm_train_tokens_per_s'] / res['gpt_train_tokens_per_s']
     return res
@@ -164,11 +166,11 @@ def naive_energy_loss(x, y, alpha=1.0):
     return 2 / (N * M) * fid - div / (N * (N - 1))
 
 
-def memory_variant(cfg, device, variant) -> float:
+def memory_variant(bench, cfg, device, variant) -> float:
     """Peak MiB used by energy_loss forward + backward beyond the inputs."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(cfg.n_samples, cfg.positions, cfg.latent_size, generator=g).to(device).requires_grad_()
-    y = torch.randn(cfg.n_targets, cfg.positions, cfg.latent_size, generator=g).to(device)
+    x = torch.randn(cfg.n_samples, bench.positions, cfg.latent_size, generator=g).to(device).requires_grad_()
+    y = torch.randn(cfg.n_targets, bench.positions, cfg.latent_size, generator=g).to(device)
     fn = energy_loss if variant == 'ours' else naive_energy_loss
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
@@ -199,11 +201,11 @@ def _status(key: str) -> int:
     raise RuntimeError(f"{key} not in /proc/self/status: CPU memory measurement needs Linux")
 
 
-def bench_memory(cfg, device, argv):
-    res = {'N': cfg.n_samples, 'M': cfg.n_targets, 'P': cfg.positions, 'l': cfg.latent_size}
+def bench_memory(bench, cfg, device, argv):
+    res = {'N': cfg.n_samples, 'M': cfg.n_targets, 'P': bench.positions, 'l': cfg.latent_size}
     for variant in ('ours', 'naive'):
         if device.type == 'cuda':
-            res[f'{variant}_peak_mib'] = memory_variant(cfg, device, variant)
+            res[f'{variant}_peak_mib'] = memory_variant(bench, cfg, device, variant)
         else:
             out = subprocess.run([sys.executable, __file__, *argv, f'--mem_variant={variant}', '--what=memory'],
                                  capture_output=True, text=True, check=True)
@@ -212,10 +214,10 @@ def bench_memory(cfg, device, argv):
     return res
 
 
-def main(cfg: BenchConfig, argv=()) -> dict:
+def main(bench: BenchConfig, cfg: TrainConfig, argv=()) -> dict:
     device = pick_device(cfg.device)
-    if cfg.mem_variant:
-        r = {'peak_mib': memory_variant(cfg, device, cfg.mem_variant)}
+    if bench.mem_variant:
+        r = {'peak_mib': memory_variant(bench, cfg, device, bench.mem_variant)}
         print(json.dumps(r))
         return r
     torch.manual_seed(0)
@@ -224,19 +226,19 @@ def main(cfg: BenchConfig, argv=()) -> dict:
               'sizes': {k: getattr(cfg, k) for k in ('vocab_size', 'n_layer', 'n_embd', 'chunk_size', 'latent_size',
                                                       'ae_dim', 'head_blocks', 'block_size', 'batch_size')}}
     gpt, calm = models(cfg, device)
-    if cfg.what in ('all', 'generation'):
-        report['generation'] = bench_generation(cfg, device, gpt, calm)
-        report['generation'].update(batch=cfg.gen_batch, new_tokens=cfg.gen_tokens)
-    if cfg.what in ('all', 'training'):
-        report['training'] = bench_training(cfg, device, gpt, calm)
-    if cfg.what in ('all', 'memory'):
-        report['memory'] = bench_memory(cfg, device, [a for a in argv if not a.startswith('--what')])
+    if bench.what in ('all', 'generation'):
+        report['generation'] = bench_generation(bench, cfg, device, gpt, calm)
+        report['generation'].update(batch=bench.gen_batch, new_tokens=bench.gen_tokens)
+    if bench.what in ('all', 'training'):
+        report['training'] = bench_training(bench, cfg, device, gpt, calm)
+    if bench.what in ('all', 'memory'):
+        report['memory'] = bench_memory(bench, cfg, device, [a for a in argv if not a.startswith('--what')])
     print(json.dumps(report, indent=1))
     return report
 
 
 if __name__ == '__main__':
     try:
-        main(parse_args(sys.argv[1:], BenchConfig), sys.argv[1:])
+        main(*parse_bench_args(sys.argv[1:]), sys.argv[1:])
     except ConfigError as e:
         sys.exit(f"error: {e}")

@@ -2,6 +2,10 @@
 
     python eval.py --ckpt=out/tiny/calm.pt --split=test        # BrierLM (+ CE and bits/byte for gpt)
     python eval.py --ckpt=out/tiny/ae.pt --split=val           # autoencoder reconstruction
+    python eval.py --ckpt=out/tiny/calm.pt --data=my_text.jsonl   # any held-out text: .txt, folder, .jsonl
+
+By default the text is a split of the corpus the checkpoint was trained on; --data scores any other
+text, tokenized with the checkpoint's own tokenizer.
 
 Protocol (recorded in the output): the split is cut into consecutive blocks of --context tokens
 (--max_blocks of them, spread evenly); CALM and the baseline see exactly the same blocks and are
@@ -20,10 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from calm_min.brierlm import evaluate_brier
-from calm_min.checkpoint import CheckpointError, load_model, pick_device
+from calm_min.checkpoint import CheckpointError, load_model
 from calm_min.config import ConfigError, EvalConfig, parse_args
-from calm_min.data import ChunkIndex, DataError, eval_blocks, load_corpus
-from calm_min.energy_head import energy_loss
+from calm_min.data import ChunkIndex, DataError, eval_blocks, load_corpus, tokenize_text
+from calm_min.device import pick_device
+from calm_min.tokenizer import Tokenizer
 
 NOISE_LEVELS = (0.1, 0.2, 0.3, 0.5, 1.0)
 
@@ -65,19 +70,17 @@ def eval_context(model, blocks: torch.Tensor, cfg: EvalConfig) -> dict:
     from other text). The gaps say how much context the model uses, also where BrierLM is 0."""
     dev = next(model.parameters()).device
     g = torch.Generator(device=dev).manual_seed(cfg.seed)
-    K, N, M = model.cfg.chunk_size, model.cfg.n_samples, model.cfg.n_targets
     sums, n, n_other = {'full_context': 0.0, 'last_chunk_only': 0.0, 'other_context': 0.0}, 0, 0
     for i in range(0, len(blocks), cfg.batch_size):
         x = model.chunks(blocks[i:i + cfg.batch_size].to(dev))               # (B, L, K)
-        B, L = x.shape[:2]
-        mu, log_sigma = model.ae.encode(x[:, 1:])                            # (B, L-1, l)
-        y = model.ae.sample_latent(mu.float(), log_sigma.float(), M, g)      # (M, B, L-1, l)
+        B, L, K = x.shape
+        y, _ = model.target_latents(x[:, 1:], g)                             # (M, B, L-1, l)
         h = model.hidden(x)[:, :-1]                                          # (B, L-1, d)
         h_last = model.hidden(x[:, :-1].reshape(B * (L - 1), 1, K)).view(B, L - 1, -1)
         for name, hh in (('full_context', h), ('last_chunk_only', h_last), ('other_context', h.roll(1, 0))):
             if name == 'other_context' and B < 2:
                 continue
-            sums[name] += energy_loss(model.head(hh, N, g), y, model.cfg.alpha).sum().item()
+            sums[name] += model.energy(hh, y, g)[0].sum().item()
         n += B * (L - 1)
         n_other += B * (L - 1) if B >= 2 else 0
     out = {'energy_loss_full_context': sums['full_context'] / n,
@@ -127,29 +130,38 @@ def main(cfg: EvalConfig) -> dict:
     device = pick_device(cfg.device)
     model, ckpt = load_model(cfg.ckpt, device=device)
     tc = ckpt['train_config']
-    corpus = load_corpus(tc['dataset'], tc['tokenizer'], tc['vocab_size'], tc['data_dir'], verbose=False)
-    if corpus.tokenizer.identity != ckpt['tokenizer']:
-        raise CheckpointError(f"{cfg.ckpt} was trained with tokenizer {ckpt['tokenizer']} but the prepared data in "
-                              f"{corpus.folder} uses {corpus.tokenizer.identity}")
-    tokens = corpus.tokens(cfg.split)
-    protocol = {'dataset': tc['dataset'], 'split': cfg.split, 'checkpoint': str(cfg.ckpt), 'kind': ckpt['kind'],
-                'checkpoint_sha256': file_sha256(cfg.ckpt), 'step': ckpt['step'], 'seed': cfg.seed,
-                'tokenizer': ckpt['tokenizer']['kind'], 'vocab_size': ckpt['tokenizer']['vocab_size']}
+    protocol = {'checkpoint': str(cfg.ckpt), 'kind': ckpt['kind'], 'checkpoint_sha256': file_sha256(cfg.ckpt),
+                'step': ckpt['step'], 'seed': cfg.seed, 'tokenizer': ckpt['tokenizer']['kind'],
+                'vocab_size': ckpt['tokenizer']['vocab_size']}
+    if cfg.data:                                              # any text, with the checkpoint's own tokenizer
+        tok = Tokenizer.from_str(ckpt['tokenizer_json'], ckpt['tokenizer']['kind'])
+        tokens, doc_starts, n_bytes = tokenize_text(cfg.data, tok)
+        eot_id, bytes_per_token = tok.eot_id, n_bytes / len(tokens)
+        protocol.update({'data': cfg.data, 'data_sha256': file_sha256(cfg.data) if Path(cfg.data).is_file() else None,
+                         'data_tokens': len(tokens)})
+    else:                                                     # a split of the training corpus
+        corpus = load_corpus(tc['dataset'], tc['tokenizer'], tc['vocab_size'], tc['data_dir'], verbose=False)
+        if corpus.tokenizer.identity != ckpt['tokenizer']:
+            raise CheckpointError(f"{cfg.ckpt} was trained with tokenizer {ckpt['tokenizer']} but the prepared data "
+                                  f"in {corpus.folder} uses {corpus.tokenizer.identity}")
+        tokens, doc_starts = corpus.tokens(cfg.split), corpus.doc_starts(cfg.split)
+        eot_id, bytes_per_token = corpus.tokenizer.eot_id, corpus.bytes_per_token(cfg.split)
+        protocol.update({'dataset': tc['dataset'], 'split': cfg.split})
     if model.kind == 'ae':
-        idx = ChunkIndex(tokens, corpus.doc_starts(cfg.split), model.cfg.chunk_size, corpus.tokenizer.eot_id)
+        idx = ChunkIndex(tokens, doc_starts, model.cfg.chunk_size, eot_id)
         n = idx.total if not cfg.max_blocks else min(idx.total, cfg.max_blocks * cfg.context // model.cfg.chunk_size)
         ids = torch.linspace(0, idx.total - 1, n).round().long()
         protocol['packing'] = 'documents start on chunk boundaries, tails padded with end-of-text'
         result = eval_ae(model, idx.chunks(ids), cfg)
     else:
-        K = model.cfg.chunk_size if model.kind == 'calm' else 4
+        K = model.tokens_per_step if model.tokens_per_step > 1 else 4   # 4-grams start at chunk boundaries
         if cfg.context % K:
             raise ConfigError(f"--context={cfg.context} must be a multiple of the chunk size {K}")
         blocks = eval_blocks(tokens, cfg.context, cfg.max_blocks)
         protocol.update({'context_tokens': cfg.context,
-                         'context_positions': cfg.context // K if model.kind == 'calm' else cfg.context,
+                         'context_positions': cfg.context // model.tokens_per_step,
                          'blocks': len(blocks), 'ngram_starts': f'every {K} tokens from token {K}'})
-        result = eval_lm(model, blocks, cfg, corpus.bytes_per_token(cfg.split))
+        result = eval_lm(model, blocks, cfg, bytes_per_token)
     report = {'protocol': protocol, 'results': result}
     text = json.dumps(report, indent=1)
     print(text)

@@ -17,19 +17,17 @@ from pathlib import Path
 
 import torch
 
-from calm_min.checkpoint import CheckpointError, load_model, pick_device
+from calm_min.checkpoint import CheckpointError, load_model
 from calm_min.config import ConfigError, SampleConfig, parse_args
-from calm_min.sampling import SamplingBudgetExceeded, check_temperature, inverse_integer
+from calm_min.device import pick_device
+from calm_min.sampling import SamplingBudgetExceeded
 from calm_min.tokenizer import Tokenizer
 
 
 def main(cfg: SampleConfig) -> list[str]:
     device = pick_device(cfg.device)
+    sampler = cfg.make_sampler()
     model, ckpt = load_model(cfg.ckpt, ('gpt', 'calm'), device)
-    if model.kind == 'calm':  # check the temperature before any work
-        check_temperature(cfg.temperature)
-        if cfg.sampler == 'batch' and cfg.temperature != 1.0:
-            inverse_integer(cfg.temperature)
     tok = Tokenizer.from_str(ckpt['tokenizer_json'], ckpt['tokenizer']['kind'])
     text = cfg.prompt
     if text.startswith('FILE:'):
@@ -41,18 +39,12 @@ def main(cfg: SampleConfig) -> list[str]:
     idx = torch.tensor([ids] * cfg.num_samples, dtype=torch.long, device=device)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     t0 = time.time()
-    if model.kind == 'calm':
-        out = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.sampler, cfg.num_candidates,
-                             cfg.max_draws, generator=g)
-    else:
-        out = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator=g)
+    out = model.generate(idx, cfg.max_new_tokens, sampler, generator=g)
     dt = time.time() - t0
     texts = [tok.decode(row[1:]) for row in out.tolist()]
     for i, t in enumerate(texts):
         print(f"--- sample {i + 1} ---\n{t}")
-    print(f"--- {cfg.num_samples * cfg.max_new_tokens / dt:.1f} tokens/s ({model.kind}, T={cfg.temperature}"
-          + (f", sampler={cfg.sampler}, N={cfg.num_candidates}" if model.kind == 'calm' and cfg.temperature != 1 else '')
-          + f", {device})")
+    print(f"--- {cfg.num_samples * cfg.max_new_tokens / dt:.1f} tokens/s ({model.kind}, {sampler}, {device})")
     return texts
 
 

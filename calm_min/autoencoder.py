@@ -1,14 +1,14 @@
 """Stage 1 of CALM: the chunk autoencoder, a context-free VAE that maps K tokens to one latent vector
-of size l and back (spec section 2). No attention: each chunk is encoded on its own.
+of size l and back (docs/method.md section 2). No attention: each chunk is encoded
+on its own.
 
 Encoder: embed -> residual SwiGLU per token -> concatenate K -> Linear(K d -> d) -> residual SwiGLU
 -> RMSNorm -> Linear(d -> 2l) = (mu, log_sigma). Decoder mirrors it; its output projection is tied to
 the encoder embedding. Training: token dropout, reparameterised sample, latent dropout, per-dimension
-KL clipped from below, loss = summed token cross-entropy + beta * clipped KL (spec section 2, steps 1-5).
+KL clipped from below, loss = summed token cross-entropy + beta * clipped KL (docs/method.md section 2).
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -105,11 +105,14 @@ class Autoencoder(nn.Module):
         clipped = kl.clamp_min(self.cfg.kl_clip) if self.cfg.kl_clip > 0 else kl
         return kl, clipped.sum(-1)
 
-    def forward(self, tokens: torch.Tensor, generator: torch.Generator | None = None):
-        """tokens (..., K) -> (output dict, loss). In training mode token dropout and latent dropout
-        are applied; the loss is summed token cross-entropy + beta * clipped KL, averaged over chunks."""
-        self.check_tokens(tokens)
-        cfg, inp = self.cfg, tokens
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None,
+                generator: torch.Generator | None = None):
+        """Chunks x (..., K) -> (output dict, loss): the reconstruction of `targets` (default: x itself).
+        In training mode token dropout and latent dropout are applied; the loss is summed token
+        cross-entropy + beta * clipped KL, averaged over chunks."""
+        self.check_tokens(x)
+        tokens = x if targets is None else targets
+        cfg, inp = self.cfg, x
         if self.training and cfg.token_dropout > 0:
             drop = torch.rand(tokens.shape, generator=generator, device=tokens.device) < cfg.token_dropout
             inp = tokens.masked_fill(drop, cfg.mask_id)
@@ -127,12 +130,3 @@ class Autoencoder(nn.Module):
             acc = (logits.argmax(-1) == tokens).float().mean()
         return {'logits': logits, 'ce': ce.detach(), 'kl': kl.sum(-1).mean().detach(), 'acc': acc}, loss
 
-
-def state_hash(module: nn.Module) -> str:
-    """sha256 over the names, shapes, dtypes and bytes of a module's state dict (its identity)."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()

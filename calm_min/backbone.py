@@ -1,5 +1,5 @@
-"""The Transformer backbone shared by CALM and the discrete baseline (spec section 3: "a standard
-causal Transformer (official: Llama)"): pre-norm RMSNorm, rotary position embeddings, SwiGLU, no
+"""The Transformer backbone shared by CALM and the discrete baseline (docs/method.md section 3: a standard
+causal Transformer, Llama-style as in the official code): pre-norm RMSNorm, rotary position embeddings, SwiGLU, no
 biases, attention through `F.scaled_dot_product_attention` (FlashAttention on CUDA).
 
 It takes input *embeddings* (B, T, d) and returns normalised hidden states (B, T, d): the baseline
@@ -162,6 +162,32 @@ class Backbone(nn.Module):
 
     def make_cache(self, batch_size: int, max_len: int, device, dtype=torch.float32) -> KVCache:
         return KVCache(self.cfg, batch_size, max_len, device, dtype)
+
+
+class TreeRollout:
+    """P continuations of every row, rolled out in parallel over one KV cache (BrierLM's samples).
+
+    The prefix (B, C, d) runs once; `hidden` holds its states, and position s - 1 conditions a
+    continuation that starts at s, for each s in `starts` (P,). Each `step` feeds one new input per
+    continuation (B, P, d) and returns their hidden states (B, P, d). A tree mask lets step j's query
+    of continuation p see the prefix keys < starts[p] and its own j earlier inputs, nothing else: the
+    same result as running each continuation alone after its own prefix (tested), at one backbone
+    call per step for all P. Positions continue each prefix (RoPE at starts[p] + j)."""
+
+    def __init__(self, backbone: 'Backbone', prefix: torch.Tensor, starts: torch.Tensor, n_steps: int,
+                 dtype: torch.dtype = torch.float32):
+        B, C, _ = prefix.shape
+        P = starts.shape[0]
+        self.backbone, self.starts, self.steps = backbone, starts, 0
+        self.cache = backbone.make_cache(B, C + (n_steps - 1) * P, prefix.device, dtype)
+        self.hidden = backbone(prefix, cache=self.cache)                                       # (B, C, d)
+        self.ctx_mask = torch.arange(C, device=prefix.device)[None, :] < starts[:, None]        # (P, C)
+        self.eye = torch.eye(P, dtype=torch.bool, device=prefix.device)                        # (P, P)
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        self.steps += 1
+        mask = torch.cat([self.ctx_mask] + [self.eye] * self.steps, dim=1)                      # (P, C + steps P)
+        return self.backbone(x, cache=self.cache, pos=self.starts + self.steps - 1, mask=mask)  # (B, P, d)
 
 
 def init_weights(m: nn.Module):

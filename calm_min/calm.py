@@ -1,11 +1,13 @@
-"""Stage 2 of CALM: the next-vector language model (spec section 3).
+"""Stage 2 of CALM: the next-vector language model (docs/method.md section 3).
 
 Input: the K token embeddings of each chunk, concatenated and compressed (Linear(K d -> 2d) -> SiLU
 -> Linear(2d -> d) -> LayerNorm); the backbone (RoPE over chunk positions); the energy head. The
 hidden state at chunk position i predicts chunk i+1, whose target is the frozen autoencoder's
 posterior N(mu, sigma^2), from which M fresh draws are compared with N head samples by the energy
-loss. Generation takes one backbone step per K tokens: head sample -> frozen decoder -> argmax ->
-K tokens fed back.
+loss (docs/method.md section 4). Generation takes one backbone step per K tokens: head sample -> frozen
+decoder -> argmax -> K tokens fed back; below T = 1 it goes through the likelihood-free samplers.
+
+K, l and the vocabulary are the autoencoder's: CALM reads them from it, so they cannot disagree.
 """
 from __future__ import annotations
 
@@ -13,18 +15,20 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+from einops import rearrange
+from torch.profiler import record_function
 
 from .autoencoder import Autoencoder
-from .backbone import Backbone, BackboneConfig, init_weights
+from .backbone import Backbone, BackboneConfig, TreeRollout, init_weights
 from .energy_head import EnergyHead, energy_loss
-from .sampling import batch_temperature_sample, check_temperature, exact_temperature_sample
+from .sampling import (Sampler, batch_temperature_sample, check_temperature, exact_temperature_sample,
+                       inverse_integer)
+
+NGRAM = 4   # BrierLM scores continuations of 4 tokens
 
 
 @dataclass
 class CALMConfig:
-    vocab_size: int = 4096
-    chunk_size: int = 4          # K, must equal the autoencoder's
-    latent_size: int = 128       # l, must equal the autoencoder's
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     head_blocks: int = 4
     noise_size: int = 64
@@ -34,6 +38,7 @@ class CALMConfig:
 
     @staticmethod
     def from_dict(d: dict) -> 'CALMConfig':
+        d = {k: v for k, v in d.items() if k not in ('vocab_size', 'chunk_size', 'latent_size')}  # older files
         return CALMConfig(**{**d, 'backbone': BackboneConfig(**d['backbone'])})
 
 
@@ -42,18 +47,16 @@ class CALM(nn.Module):
 
     def __init__(self, cfg: CALMConfig, ae: Autoencoder):
         super().__init__()
-        for name in ('vocab_size', 'chunk_size', 'latent_size'):
-            if getattr(cfg, name) != getattr(ae.cfg, name):
-                raise ValueError(f"autoencoder/model mismatch: the CALM config has {name}={getattr(cfg, name)} "
-                                 f"but the autoencoder has {getattr(ae.cfg, name)}")
         self.cfg = cfg
-        d, K = cfg.backbone.n_embd, cfg.chunk_size
-        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
+        self.chunk_size = K = ae.cfg.chunk_size
+        self.tokens_per_step = K
+        d, V, l = cfg.backbone.n_embd, ae.cfg.vocab_size, ae.cfg.latent_size
+        self.tok_emb = nn.Embedding(V, d)
         self.compress = nn.Sequential(nn.Linear(K * d, 2 * d), nn.SiLU(), nn.Linear(2 * d, d), nn.LayerNorm(d))
         self.tok_emb.apply(init_weights)
         self.compress.apply(init_weights)
         self.backbone = Backbone(cfg.backbone)
-        self.head = EnergyHead(d, cfg.latent_size, cfg.noise_size, cfg.head_blocks)
+        self.head = EnergyHead(d, l, cfg.noise_size, cfg.head_blocks)
         self.ae = ae
         self.ae.requires_grad_(False)
         self.ae.eval()
@@ -63,87 +66,166 @@ class CALM(nn.Module):
         self.ae.eval()  # frozen: never token or latent dropout
         return self
 
+    def train_window(self, block_size: int) -> int:
+        """Tokens per training example: the block_size // K chunks of a block; the first L-1 are the
+        input and each predicts the chunk after it."""
+        return block_size // self.chunk_size * self.chunk_size
+
     def chunks(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T) with T a multiple of K -> (B, T/K, K)."""
-        K = self.cfg.chunk_size
+        K = self.chunk_size
         if tokens.shape[-1] % K:
             raise ValueError(f"CALM takes whole chunks: the sequence length {tokens.shape[-1]} is not a multiple "
                              f"of chunk_size={K}")
-        return tokens.view(tokens.shape[0], -1, K)
+        return rearrange(tokens, 'b (l k) -> b l k', k=K)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Chunks x (..., K) -> compressed input vectors (..., d)."""
+        return self.compress(rearrange(self.tok_emb(x), '... k d -> ... (k d)'))
 
     def hidden(self, x: torch.Tensor, cache=None, pos=None, mask=None) -> torch.Tensor:
         """Chunks x (B, L, K) -> backbone hidden states (B, L, d); position i conditions chunk i+1.
         `cache`, `pos` and `mask` go to the backbone (see `Backbone.forward`)."""
-        e = self.tok_emb(x).flatten(-2)                                       # (B, L, K*d)
-        return self.backbone(self.compress(e), cache=cache, pos=pos, mask=mask)  # (B, L, d)
+        return self.backbone(self.embed(x), cache=cache, pos=pos, mask=mask)  # (B, L, d)
 
-    def forward(self, tokens: torch.Tensor, generator: torch.Generator | None = None):
-        """tokens (B, T) -> (output dict, mean energy loss over the B * (T/K - 1) predicted chunks)."""
-        x = self.chunks(tokens)                                               # (B, L, K)
-        h = self.hidden(x)[:, :-1]                                            # (B, L-1, d)
-        with torch.no_grad():
-            mu, log_sigma = self.ae.encode(x[:, 1:])                          # (B, L-1, l)
-            y = self.ae.sample_latent(mu.float(), log_sigma.float(), self.cfg.n_targets, generator)  # (M, B, L-1, l)
-        samples = self.head(h, self.cfg.n_samples, generator)                 # (N, B, L-1, l)
-        loss = energy_loss(samples, y, self.cfg.alpha).mean()
+    # -- training objective ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def target_latents(self, chunks: torch.Tensor, generator: torch.Generator | None = None):
+        """Target chunks (..., K) -> (M draws from their posterior (M, ..., l), the posterior mean mu)."""
+        mu, log_sigma = self.ae.encode(chunks)                                # (..., l)
+        return self.ae.sample_latent(mu.float(), log_sigma.float(), self.cfg.n_targets, generator), mu
+
+    def energy(self, h: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
+        """Hidden states h (..., d) and target draws y (M, ..., l) -> (energy loss per position (...),
+        the N head samples (N, ..., l))."""
+        samples = self.head(h, self.cfg.n_samples, generator)                 # (N, ..., l)
+        return energy_loss(samples, y, self.cfg.alpha), samples
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None,
+                generator: torch.Generator | None = None):
+        """x (B, T) tokens, whole chunks -> ({'hidden': (B, L, d)}, None). With targets (B, T), the
+        chunks that follow x's chunks (x shifted by one chunk), also the head samples and the mean
+        energy loss over the B * L predicted chunks."""
+        h = self.hidden(self.chunks(x))                                       # (B, L, d)
+        if targets is None:
+            return {'hidden': h}, None
+        if targets.shape != x.shape:
+            raise ValueError(f"targets {tuple(targets.shape)} must have the shape of x {tuple(x.shape)}: "
+                             f"the chunks that follow x's chunks")
+        y, mu = self.target_latents(self.chunks(targets), generator)          # (M, B, L, l), (B, L, l)
+        per_pos, samples = self.energy(h, y, generator)                       # (B, L), (N, B, L, l)
+        loss = per_pos.mean()
         with torch.no_grad():
             mean_err = (samples.float().mean(0) - mu.float()).norm(dim=-1).mean()
-        return {'samples': samples, 'mean_err': mean_err}, loss
+        return {'hidden': h, 'samples': samples, 'mean_err': mean_err}, loss
 
-    # -- generation -----------------------------------------------------------------------------
+    # -- sampling -------------------------------------------------------------------------------
 
     def pad_prompt(self, prompt: torch.Tensor) -> torch.Tensor:
         """Left-pad (B, T0) with end-of-text (the AE's mask/pad id) to a whole number of chunks
         (at least one): the model reads the padding as the end of a previous document."""
-        K = self.cfg.chunk_size
+        K = self.chunk_size
         pad = (-prompt.shape[1]) % K or (K if prompt.shape[1] == 0 else 0)
         fill = torch.full((prompt.shape[0], pad), self.ae.cfg.mask_id, dtype=prompt.dtype, device=prompt.device)
         return torch.cat([fill, prompt], 1)
 
-    def next_chunk(self, h: torch.Tensor, temperature: float = 1.0, sampler: str = 'batch',
-                   num_candidates: int = 200, max_draws: int | None = 100_000,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-        """Hidden states h (B, d) -> the next chunk's tokens (B, K) at the given temperature."""
-        if temperature == 1.0:
-            return self.ae.decode(self.head(h, 1, generator)[0])             # (B, K)
-        check_temperature(temperature)
-        if sampler == 'batch':
-            z = self.head(h, num_candidates, generator)                       # (N, B, l): one batched head call
-            pool = self.ae.decode(z).transpose(0, 1)                           # (B, N, K): one batched decoder call
-            return batch_temperature_sample(pool, temperature, generator)
-        if sampler == 'exact':
-            rows = []
-            for b in range(h.shape[0]):
-                def draw(m, hb=h[b]):
-                    return self.ae.decode(self.head(hb, m, generator))        # (m, K)
-                rows.append(exact_temperature_sample(draw, temperature, generator, max_draws)[0])
-            return torch.stack(rows)
-        raise ValueError(f"sampler must be 'batch' or 'exact', got {sampler!r}")
+    def sample_chunks(self, h: torch.Tensor, n: int, sampler: Sampler = Sampler(),
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """Hidden states h (..., d) -> n independent next chunks per position (n, ..., K), each drawn
+        from the model's distribution at the sampler's temperature: at T = 1 one head sample decoded
+        by argmax; below, Algorithm 2 ('batch', a pool of num_candidates per chunk) or Algorithm 1
+        ('exact') over decoded head samples."""
+        T = sampler.temperature
+        if T == 1.0:
+            with record_function('calm.head'):
+                z = self.head(h, n, generator)                                # (n, ..., l)
+            with record_function('calm.decoder'):
+                return self.ae.decode(z)                                      # (n, ..., K)
+        check_temperature(T)
+        flat = h.reshape(-1, h.shape[-1])                                     # (R, d)
+        out = []
+        for _ in range(n):
+            if sampler.method == 'batch':
+                inverse_integer(T)
+                rows = max(1, 2 ** 14 // sampler.num_candidates)             # bounds the decoder's memory
+                parts = []
+                for i in range(0, flat.shape[0], rows):
+                    z = self.head(flat[i:i + rows], sampler.num_candidates, generator)  # (N, r, l)
+                    pool = self.ae.decode(z).transpose(0, 1)                  # (r, N, K)
+                    parts.append(batch_temperature_sample(pool, T, generator))
+                out.append(torch.cat(parts))
+            else:
+                rows = []
+                for hb in flat:
+                    def draw(m, hb=hb):
+                        return self.ae.decode(self.head(hb, m, generator))    # (m, K)
+                    rows.append(exact_temperature_sample(draw, T, generator, sampler.max_draws)[0])
+                out.append(torch.stack(rows))
+        return torch.stack(out).view(n, *h.shape[:-1], self.chunk_size)       # (n, ..., K)
 
     @torch.no_grad()
-    def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 sampler: str = 'batch', num_candidates: int = 200, max_draws: int | None = 100_000,
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, sampler: Sampler = Sampler(),
                  generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
         """prompt (B, T0) -> (B, T0 + max_new_tokens). The prompt is left-padded to whole chunks
         (`pad_prompt`, padding removed from the output); ceil(max_new_tokens / K) chunks are generated,
         one backbone step each, and the output cut to max_new_tokens. use_cache=False recomputes the
         whole prefix every step (the reference for tests)."""
-        K = self.cfg.chunk_size
         x = self.chunks(self.pad_prompt(prompt))                              # (B, L0, K)
-        n_steps = -(-max_new_tokens // K)
-        kw = dict(temperature=temperature, sampler=sampler, num_candidates=num_candidates,
-                  max_draws=max_draws, generator=generator)
+        n_steps = -(-max_new_tokens // self.chunk_size)
         new = []
         if use_cache:
             cache = self.backbone.make_cache(x.shape[0], x.shape[1] + n_steps, x.device, self.tok_emb.weight.dtype)
             step_in = x
             for _ in range(n_steps):
-                h = self.hidden(step_in, cache)[:, -1]                        # (B, d)
-                step_in = self.next_chunk(h, **kw)[:, None]                   # (B, 1, K)
+                with record_function('calm.backbone'):
+                    h = self.hidden(step_in, cache)[:, -1]                    # (B, d)
+                step_in = self.sample_chunks(h, 1, sampler, generator)[0][:, None]  # (B, 1, K)
                 new.append(step_in)
         else:
             for _ in range(n_steps):
                 h = self.hidden(torch.cat([x, *new], 1))[:, -1]
-                new.append(self.next_chunk(h, **kw)[:, None])
+                new.append(self.sample_chunks(h, 1, sampler, generator)[0][:, None])
         out = torch.cat(new, 1).flatten(1)[:, :max_new_tokens]                # (B, max_new_tokens)
         return torch.cat([prompt, out], 1)
+
+    # -- BrierLM --------------------------------------------------------------------------------
+
+    def rollouts(self, x: torch.Tensor, starts: torch.Tensor, n_chunks: int, sampler: Sampler = Sampler(),
+                 generator: torch.Generator | None = None):
+        """Chunks x (B, L, K); for every row and chunk position i in `starts` (P,), sample n_chunks chunks
+        given x[:, :i], each decoded and fed back before the next (`TreeRollout`: one backbone step per
+        chunk for all P). Returns the tokens (B, P, n_chunks*K) and the hidden state each chunk was
+        drawn from (B, P, n_chunks, d)."""
+        tree = TreeRollout(self.backbone, self.embed(x), starts, n_chunks, self.tok_emb.weight.dtype)
+        h = tree.hidden[:, starts - 1]                                        # (B, P, d): given chunks < i
+        chunks, hs = [], []
+        for j in range(n_chunks):
+            hs.append(h)
+            chunks.append(self.sample_chunks(h, 1, sampler, generator)[0])    # (B, P, K)
+            if j < n_chunks - 1:
+                h = tree.step(self.embed(chunks[-1]))                         # (B, P, d)
+        return torch.cat(chunks, -1), torch.stack(hs, 2)
+
+    @torch.no_grad()
+    def continuations(self, blocks: torch.Tensor, sampler: Sampler = Sampler(),
+                      generator: torch.Generator | None = None) -> dict:
+        """BrierLM's samples. blocks (B, C) -> 'samples' (2, B, P, 4), two independent continuations of
+        4 tokens at every chunk position i >= 1 with 4 target tokens from token i K on, given chunks < i,
+        and 'target' (B, P, 4). K >= 4: two chunks drawn from the head at once (P = C/K - 1). K < 4:
+        each sample is a rollout of ceil(4/K) chunks, every chunk fed back before the next is drawn."""
+        K = self.chunk_size
+        x = self.chunks(blocks)                                               # (B, L, K)
+        B, L = x.shape[:2]
+        if K >= NGRAM:
+            h = self.hidden(x)[:, :-1]                                        # (B, L-1, d)
+            samples = self.sample_chunks(h, 2, sampler, generator)[..., :NGRAM]   # (2, B, L-1, 4)
+            return {'samples': samples, 'target': x[:, 1:, :NGRAM]}
+        R = -(-NGRAM // K)                                                    # chunks per rollout
+        starts = torch.arange(1, L - R + 1, device=blocks.device)            # (P,) chunk positions
+        if starts.numel() == 0:
+            raise ValueError(f"blocks of {blocks.shape[1]} tokens (K={K}) leave no chunk position with context "
+                             f"and {NGRAM} tokens to predict: use blocks of at least {(R + 1) * K} tokens")
+        toks, _ = self.rollouts(torch.cat([x, x]), starts, R, sampler, generator)  # (2B, P, R*K): streams a, b
+        target = blocks[:, starts[:, None] * K + torch.arange(NGRAM, device=blocks.device)]  # (B, P, 4)
+        return {'samples': toks[..., :NGRAM].unflatten(0, (2, B)), 'target': target}

@@ -1,19 +1,20 @@
 """Checkpoints: written atomically, read with `weights_only=True`, checked before use.
 
 A checkpoint is a plain dict: format, kind ('gpt' | 'ae' | 'calm'), model_config, train_config,
-model (state dict of the uncompiled module), optimizer, step, rng, tokenizer identity, log figures;
-an autoencoder also records its own content hash, and a CALM checkpoint the embedded autoencoder's
-config and hash, verified at load. Also: device and precision selection shared by the scripts.
+model (state dict of the uncompiled module), optimizer, step, rng_ranks (every process's generator
+states), tokenizer identity and JSON, log figures; an autoencoder also records its own content hash
+(`state_hash`), and a CALM checkpoint the embedded autoencoder's config and hash, verified at load.
 """
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import os
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
-from .autoencoder import AEConfig, Autoencoder, state_hash
+from .autoencoder import AEConfig, Autoencoder
 from .calm import CALM, CALMConfig
 from .gpt import GPT, GPTConfig
 
@@ -25,6 +26,16 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or of the wrong kind; the message says what to do."""
 
 
+def state_hash(module: nn.Module) -> str:
+    """sha256 over the names, shapes, dtypes and bytes of a module's state dict (its identity)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path, ckpt: dict):
     """torch.save to a temporary file in the same folder, then an atomic rename over `path`."""
     path = Path(path)
@@ -34,7 +45,8 @@ def save_checkpoint(path: Path, ckpt: dict):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, kinds: tuple[str, ...] = KINDS) -> dict:
+def load_checkpoint(path, kinds: tuple[str, ...] = KINDS, tokenizer: dict | None = None) -> dict:
+    """Read and check a checkpoint; with `tokenizer` (an identity dict), refuse one trained on another."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; train one with `python train.py config/tiny.py "
@@ -51,6 +63,10 @@ def load_checkpoint(path, kinds: tuple[str, ...] = KINDS) -> dict:
     if ckpt['kind'] not in kinds:
         raise CheckpointError(f"{path} is a '{ckpt['kind']}' checkpoint, but a "
                               f"{' or '.join(repr(k) for k in kinds)} checkpoint is needed here")
+    if tokenizer is not None and ckpt.get('tokenizer') != tokenizer:
+        raise CheckpointError(f"{path} was trained with tokenizer {ckpt.get('tokenizer')} but the data uses "
+                              f"{tokenizer}: train on this data (python train.py --model={ckpt['kind']}) or use "
+                              f"the matching --dataset/--tokenizer")
     return ckpt
 
 
@@ -82,11 +98,7 @@ def load_model(path, kinds: tuple[str, ...] = KINDS, device='cpu'):
 
 def load_autoencoder(path, tokenizer: dict, chunk_size: int) -> tuple[Autoencoder, dict]:
     """The frozen AE for CALM: refuse one trained with another tokenizer or chunk size."""
-    ckpt = load_checkpoint(path, ('ae',))
-    if ckpt['tokenizer'] != tokenizer:
-        raise CheckpointError(f"autoencoder {path} was trained with tokenizer {ckpt['tokenizer']} but the data "
-                              f"uses {tokenizer}: train an autoencoder on this data (--model=ae) or use the "
-                              f"matching --dataset/--tokenizer")
+    ckpt = load_checkpoint(path, ('ae',), tokenizer)
     ae_K = ckpt['model_config']['chunk_size']
     if ae_K != chunk_size:
         raise CheckpointError(f"autoencoder {path} has chunk_size K={ae_K} but --chunk_size={chunk_size}: "
@@ -95,33 +107,3 @@ def load_autoencoder(path, tokenizer: dict, chunk_size: int) -> tuple[Autoencode
     if state_hash(ae) != ckpt['hash']:
         raise CheckpointError(f"autoencoder {path}: weights do not match their recorded hash; the file is damaged")
     return ae, ckpt
-
-
-# ----------------------------------------------------------------------------------------------
-# device and precision
-
-
-def pick_device(name: str = 'auto') -> torch.device:
-    if name == 'auto':
-        if torch.cuda.is_available():
-            return torch.device('cuda')
-        if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available():
-            return torch.device('mps')
-        return torch.device('cpu')
-    dev = torch.device(name)
-    if dev.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f"--device={name} but CUDA is not available here; use --device=auto or cpu")
-    return dev
-
-
-def use_compile(choice: str, device: torch.device) -> bool:
-    """--compile: 'true', 'false', or 'auto' (on for CUDA, off elsewhere)."""
-    return choice == 'true' or (choice == 'auto' and device.type == 'cuda')
-
-
-def autocast(device: torch.device, dtype: str = 'auto'):
-    """bf16 autocast where supported ('auto': CUDA with bf16), else a no-op context."""
-    use_bf16 = dtype == 'bfloat16' or (dtype == 'auto' and device.type == 'cuda' and torch.cuda.is_bf16_supported())
-    if use_bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import get_type_hints
+
+from .autoencoder import AEConfig
+from .backbone import BackboneConfig
+from .calm import CALMConfig
+from .gpt import GPTConfig
+from .sampling import Sampler
 
 
 class ConfigError(ValueError):
@@ -165,7 +170,7 @@ class TrainConfig:
     n_embd: int = 256
     ffn_hidden: int = 0                # 0: about 8/3 n_embd, rounded to 64 (Llama)
     rope_theta: float = 10000.0
-    # autoencoder (stage 1; spec section 2)
+    # autoencoder (stage 1; docs/method.md section 2)
     chunk_size: int = 4                # K
     latent_size: int = 128             # l
     ae_dim: int = 512
@@ -179,7 +184,7 @@ class TrainConfig:
     ae_max_iters: int = 2000           # used when --model=ae, or when calm trains its missing AE
     ae_batch_size: int = 512           # chunks per step
     ae_lr: float = 1e-3
-    # energy head and loss (stage 2; spec section 3)
+    # energy head and loss (stage 2; docs/method.md section 4)
     head_blocks: int = 4
     noise_size: int = 64
     n_samples: int = 8                 # N model samples per position
@@ -237,6 +242,27 @@ class TrainConfig:
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: choose one")
 
+    # -- the model configs these flags describe (keyword arguments: names may differ) --------------
+
+    def backbone_config(self) -> BackboneConfig:
+        return BackboneConfig(n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
+                              ffn_hidden=self.ffn_hidden, rope_theta=self.rope_theta)
+
+    def gpt_config(self, vocab_size: int) -> GPTConfig:
+        return GPTConfig(vocab_size=vocab_size, backbone=self.backbone_config())
+
+    def ae_config(self, vocab_size: int, mask_id: int) -> AEConfig:
+        return AEConfig(vocab_size=vocab_size, chunk_size=self.chunk_size, latent_size=self.latent_size,
+                        dim=self.ae_dim, hidden=self.ae_hidden, n_blocks=self.ae_blocks,
+                        token_dropout=self.token_dropout, latent_dropout=self.latent_dropout,
+                        kl_clip=self.kl_clip, kl_beta=self.kl_beta, mask_id=mask_id)
+
+    def calm_config(self) -> CALMConfig:
+        """K, l and the vocabulary are not here: CALM takes them from its autoencoder."""
+        return CALMConfig(backbone=self.backbone_config(), head_blocks=self.head_blocks,
+                          noise_size=self.noise_size, n_samples=self.n_samples, n_targets=self.n_targets,
+                          alpha=self.alpha)
+
     @property
     def ckpt_path(self) -> Path:
         return Path(self.out_dir) / f"{self.model}.pt"
@@ -261,18 +287,23 @@ class SampleConfig:
     device: str = 'auto'
 
     def validate(self):
-        _positive(self, 'max_new_tokens', 'num_samples', 'num_candidates', 'max_draws')
-        _choice(self, 'sampler', ('batch', 'exact'))
-        if not (self.temperature > 0) or math.isnan(self.temperature):
-            raise ConfigError(f"--temperature must be > 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ConfigError(f"--top_k must be >= 0, got {self.top_k}")
+        _positive(self, 'max_new_tokens', 'num_samples')
+        self.make_sampler()
+
+    def make_sampler(self) -> Sampler:
+        """The sampling settings; `Sampler` checks them (temperature, top_k, method, pool size)."""
+        try:
+            return Sampler(temperature=self.temperature, top_k=self.top_k, method=self.sampler,
+                           num_candidates=self.num_candidates, max_draws=self.max_draws)
+        except ValueError as e:
+            raise ConfigError(f"{e} (--temperature, --top_k, --sampler, --num_candidates, --max_draws)") from None
 
 
 @dataclass
 class EvalConfig:
     ckpt: str = 'out/calm.pt'
     split: str = 'val'                 # val, test (Moby Dick for the bundled corpus), train
+    data: str = ''                     # any text instead of a split: a .txt file, a folder of .txt, a .jsonl
     context: int = 256                 # tokens of context per block (same for CALM and the baseline)
     max_blocks: int = 64               # blocks of `context` tokens evaluated (0: all)
     batch_size: int = 16

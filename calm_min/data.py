@@ -256,6 +256,20 @@ def load_corpus(dataset: str, tokenizer: str, vocab_size: int, data_dir: str, ve
     return Corpus(prepare(dataset, tokenizer, vocab_size, data_dir, verbose=verbose))
 
 
+def tokenize_text(path: str, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray, int]:
+    """Any held-out text (a .txt file, a folder of .txt files, a .jsonl with a 'text' field) with a
+    given tokenizer, all of it, packed as a prepared split is: (tokens, document starts, UTF-8 bytes)."""
+    ids, starts, n_tokens, n_bytes = [], [], 0, 0
+    for text in _all_documents(path):
+        ids.append(tokenizer.encode(text) + [tokenizer.eot_id])
+        starts.append(n_tokens)
+        n_tokens += len(ids[-1])
+        n_bytes += len(text.encode('utf-8'))
+    if not ids:
+        raise DataError(f"--data={path}: no documents found")
+    return np.concatenate([np.asarray(d, dtype=np.int64) for d in ids]), np.asarray(starts, dtype=np.int64), n_bytes
+
+
 def lm_batch(tokens: np.ndarray, batch_size: int, length: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random contiguous blocks of `length` tokens (plain packing across documents): (B, length)."""
     if len(tokens) < length:
@@ -266,7 +280,7 @@ def lm_batch(tokens: np.ndarray, batch_size: int, length: int, generator: torch.
 
 
 class ChunkIndex:
-    """Chunks of K tokens with every document starting on a chunk boundary (spec section 2): the tail
+    """Chunks of K tokens with every document starting on a chunk boundary (docs/method.md section 2): the tail
     of each document (which ends in end-of-text) is padded with end-of-text to a multiple of K."""
 
     def __init__(self, tokens: np.ndarray, doc_starts: np.ndarray, chunk_size: int, pad_id: int):

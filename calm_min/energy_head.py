@@ -1,4 +1,4 @@
-"""The energy head and the energy loss (spec section 3, "Energy head" and "Energy loss").
+"""The energy head and the energy loss (docs/method.md section 4).
 
 `EnergyHead` turns a hidden state h into a sample of the next chunk's latent in one forward pass:
 uniform noise eps in [-0.5, 0.5]^noise_size is refined by residual blocks conditioned on h, and the
@@ -48,7 +48,7 @@ class EnergyHead(nn.Module):
         self.final_mid = nn.Linear(d, d)
         self.final_out = nn.Linear(d, latent_size)
         self.apply(init_weights)
-        nn.init.zeros_(self.final_out.weight)  # all samples coincide at step 0 (spec)
+        nn.init.zeros_(self.final_out.weight)  # all samples coincide at step 0 (docs/method.md section 4)
         nn.init.zeros_(self.final_out.bias)
 
     def forward(self, h: torch.Tensor, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -1,6 +1,9 @@
 """The discrete baseline: token embedding -> backbone -> tied LM head, trained with next-token
 cross-entropy. Every CALM figure is compared with this model at the same backbone size on the same
-data (spec section 3: the paper's "Transformer-S/M/L").
+data (the paper's "Transformer-S/M/L"; docs/method.md section 1).
+
+It has the interface every model of calm-min shares: `forward(x, targets=None, generator=None)`,
+`generate(prompt, max_new_tokens, sampler)` and `continuations(blocks, ...)` for BrierLM.
 """
 from __future__ import annotations
 
@@ -10,7 +13,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbone import Backbone, BackboneConfig, init_weights
+from .backbone import Backbone, BackboneConfig, TreeRollout, init_weights
+from .sampling import Sampler, sample_logits
+
+NGRAM = 4   # BrierLM scores continuations of 4 tokens
 
 
 @dataclass
@@ -23,18 +29,9 @@ class GPTConfig:
         return GPTConfig(**{**d, 'backbone': BackboneConfig(**d['backbone'])})
 
 
-def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row of logits (B, V) -> (B,), softmax temperature and optional top-k."""
-    logits = logits.float() / temperature
-    if top_k:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float('-inf'))
-    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
-
-
 class GPT(nn.Module):
     kind = 'gpt'
+    tokens_per_step = 1          # tokens predicted per backbone position
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -43,35 +40,73 @@ class GPT(nn.Module):
         init_weights(self.tok_emb)
         self.backbone = Backbone(cfg.backbone)
 
+    @staticmethod
+    def train_window(block_size: int) -> int:
+        """Tokens per training example: block_size of input and the one token after it."""
+        return block_size + 1
+
     def lm_head(self, h: torch.Tensor) -> torch.Tensor:
         return h @ self.tok_emb.weight.T                                     # (..., V), tied to the embedding
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """idx (B, T) -> logits (B, T, V); with targets (B, T), also the mean cross-entropy."""
-        logits = self.lm_head(self.backbone(self.tok_emb(idx)))             # (B, T, V)
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None,
+                generator: torch.Generator | None = None):
+        """x (B, T) -> logits (B, T, V); with targets (B, T) (x shifted by one token), also the mean
+        cross-entropy. `generator` is unused (the baseline's training is deterministic)."""
+        logits = self.lm_head(self.backbone(self.tok_emb(x)))               # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, sampler: Sampler = Sampler(),
                  generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
-        """Continue idx (B, T0) by max_new_tokens sampled tokens -> (B, T0 + max_new_tokens).
+        """Continue prompt (B, T0) by max_new_tokens sampled tokens -> (B, T0 + max_new_tokens).
         With use_cache=False every step recomputes the whole prefix (the reference for tests)."""
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        out = idx
+        T, k = sampler.temperature, sampler.top_k
+        out = prompt
         if not use_cache:
             for _ in range(max_new_tokens):
                 logits, _ = self(out)
-                out = torch.cat([out, sample_logits(logits[:, -1], temperature, top_k, generator)[:, None]], 1)
+                out = torch.cat([out, sample_logits(logits[:, -1], T, k, generator)[:, None]], 1)
             return out
-        cache = self.backbone.make_cache(idx.shape[0], idx.shape[1] + max_new_tokens, idx.device,
+        cache = self.backbone.make_cache(prompt.shape[0], prompt.shape[1] + max_new_tokens, prompt.device,
                                          self.tok_emb.weight.dtype)
-        x = idx
+        x = prompt
         for _ in range(max_new_tokens):
             h = self.backbone(self.tok_emb(x), cache=cache)                   # (B, T, d)
-            x = sample_logits(self.lm_head(h[:, -1]), temperature, top_k, generator)[:, None]  # (B, 1)
+            x = sample_logits(self.lm_head(h[:, -1]), T, k, generator)[:, None]  # (B, 1)
             out = torch.cat([out, x], 1)
         return out
+
+    @torch.no_grad()
+    def continuations(self, blocks: torch.Tensor, sampler: Sampler = Sampler(), stride: int = 4,
+                      generator: torch.Generator | None = None) -> dict:
+        """BrierLM's samples. blocks (B, C); at every start t = stride, 2 stride, ..., <= C - 4, two
+        independent 4-token continuations given blocks[:, :t], sampled at the sampler's temperature.
+        Returns 'samples' (2, B, P, 4) and 'target' (B, P, 4), plus the exact terms the baseline's
+        softmax allows (`brierlm.estimate`): 'p_target' P(y_1..n) (B, P, 4) from teacher forcing and
+        'sum_sq' sum_x p(x | prefix)^2 of each sampled step (2, B, P, 4), untempered."""
+        B, C = blocks.shape
+        starts = torch.arange(stride, C - NGRAM + 1, stride, device=blocks.device)   # (P,)
+        if starts.numel() == 0:
+            raise ValueError(f"blocks of {C} tokens leave no position with context and {NGRAM} tokens to predict")
+        both = torch.cat([blocks, blocks])                                    # (2B, C): streams a and b
+        tree = TreeRollout(self.backbone, self.tok_emb(both), starts, NGRAM, self.tok_emb.weight.dtype)
+        logits = self.lm_head(tree.hidden)                                    # (2B, C, V)
+        step_logits = logits[:, starts - 1]                                   # (2B, P, V): p(. | block[:t])
+        samples, sq = [], []
+        for j in range(NGRAM):
+            probs = F.softmax(step_logits.float(), -1)                        # (2B, P, V)
+            sq.append(probs.pow(2).sum(-1))
+            tok = sample_logits(step_logits.flatten(0, 1), sampler.temperature, generator=generator)
+            samples.append(tok.view(2 * B, -1))
+            if j == NGRAM - 1:
+                break
+            step_logits = self.lm_head(tree.step(self.tok_emb(samples[-1])))  # (2B, P, V)
+        target = blocks[:, starts[:, None] + torch.arange(NGRAM, device=blocks.device)]   # (B, P, 4)
+        idx = starts[:, None] + torch.arange(NGRAM, device=blocks.device) - 1            # (P, 4)
+        logp = F.log_softmax(logits[:B].float(), -1)[:, idx]                              # (B, P, 4, V)
+        p_target = logp.gather(-1, target[..., None]).squeeze(-1).cumsum(-1).exp()        # (B, P, 4)
+        return {'samples': torch.stack(samples, -1).unflatten(0, (2, B)), 'target': target,
+                'p_target': p_target, 'sum_sq': torch.stack(sq, -1).unflatten(0, (2, B))}

@@ -1,5 +1,7 @@
-"""Likelihood-free temperature sampling (spec section 5): draw x with probability P(x)^(1/T) / Z
-using only a black-box sampler of P, as CALM has no softmax to rescale.
+"""Sampling: the settings every model's `generate` takes (`Sampler`), softmax sampling for the
+discrete baseline, and likelihood-free temperature sampling for CALM (paper Algorithms 1
+and 2; docs/method.md section 6): draw x with probability P(x)^(1/T) / Z using only a black-box
+sampler of P, as CALM has no softmax to rescale.
 
 `exact_temperature_sample` is the paper's Algorithm 1 (exact for any T in (0, 1]): an integer stage
 of n = floor(1/T) identical draws and, for the fractional part a = 1/T - n, a Bernoulli factory that
@@ -10,13 +12,58 @@ first level any outcome reaches; biased for finite N, consistent as N grows.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 
 class SamplingBudgetExceeded(RuntimeError):
     """The exact sampler used more than `max_draws` draws (its cost explodes as T -> 0)."""
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """How `generate` draws each new token (baseline) or chunk (CALM). The temperature is checked here,
+    once, where sampling starts; CALM's samplers add their own limit (T <= 1, see `check_temperature`).
+
+    temperature: softmax temperature (baseline) or the target P^(1/T) (CALM), > 0.
+    top_k:       baseline only; 0 is off.
+    method:      CALM at T < 1: 'batch' (Algorithm 2, T = 1/n) or 'exact' (Algorithm 1, any T in (0, 1]).
+    num_candidates: CALM 'batch': the pool size N per chunk.
+    max_draws:   CALM 'exact': the most draws one chunk may use (None: no bound)."""
+    temperature: float = 1.0
+    top_k: int = 0
+    method: str = 'batch'
+    num_candidates: int = 200
+    max_draws: int | None = 100_000
+
+    def __post_init__(self):
+        t = self.temperature
+        if not isinstance(t, (int, float)) or math.isnan(t) or not (0.0 < t < math.inf):
+            raise ValueError(f"temperature must be a finite number > 0, got {t}")
+        if 1.0 / t == math.inf:
+            raise ValueError(f"temperature {t} is too small to sample with (1/T overflows); use T >= 1e-6")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 turns it off), got {self.top_k}")
+        if self.method not in ('batch', 'exact'):
+            raise ValueError(f"the CALM sampling method must be 'batch' (Algorithm 2) or 'exact' (Algorithm 1), "
+                             f"got {self.method!r}")
+        if self.num_candidates < 1:
+            raise ValueError(f"num_candidates must be >= 1, got {self.num_candidates}")
+        if self.max_draws is not None and self.max_draws < 1:
+            raise ValueError(f"max_draws must be >= 1 (or None for no bound), got {self.max_draws}")
+
+
+def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of logits (B, V) -> (B,), softmax temperature and optional top-k."""
+    logits = logits.float() / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float('-inf'))
+    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
 
 
 def check_temperature(temperature: float) -> float:

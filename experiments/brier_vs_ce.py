@@ -1,4 +1,4 @@
-"""Paper check at small scale (spec section 4): over baseline checkpoints of several sizes and training
+"""Paper check at small scale (docs/method.md section 5): over baseline checkpoints of several sizes and training
 lengths, does BrierLM track cross-entropy? The paper found Pearson -0.966 and Spearman -0.991.
 
     python experiments/brier_vs_ce.py                       # trains the checkpoints, evaluates, plots

@@ -1,4 +1,4 @@
-"""The accuracy/diversity trade-off of temperature sampling at small scale (spec section 5; the paper's
+"""The accuracy/diversity trade-off of temperature sampling at small scale (docs/method.md section 6; the paper's
 comparison of CALM's batch sampler with a Transformer's softmax temperature).
 
     python experiments/tradeoff.py --calm=out/tiny/calm.pt --gpt=out/tiny/gpt.pt
@@ -22,12 +22,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from calm_min.brierlm import _rollouts  # noqa: E402
-from calm_min.checkpoint import load_model, pick_device  # noqa: E402
+from calm_min.checkpoint import load_model  # noqa: E402
+from calm_min.device import pick_device  # noqa: E402
 from experiments.plotting import pyplot, save  # noqa: E402
 from calm_min.config import ConfigError, parse_args  # noqa: E402
 from calm_min.data import eval_blocks, load_corpus  # noqa: E402
-from calm_min.sampling import batch_temperature_sample  # noqa: E402
+from calm_min.sampling import Sampler  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -50,36 +50,18 @@ def scores(a, b, y) -> dict:
             'acc_4': (a == y).all(-1).double().mean().item(), 'collision_4': (a == b).all(-1).double().mean().item()}
 
 
-@torch.no_grad()
-def calm_rows(model, blocks, g) -> list[dict]:
-    x = model.chunks(blocks)                                                   # (B, L, K)
-    h = model.hidden(x)[:, :-1].flatten(0, 1)                                  # (P, d)
-    y = x[:, 1:, :4].flatten(0, 1)                                             # (P, 4)
-
-    def draw(T, N):
-        outs = []
-        for i in range(0, h.shape[0], 64):                                    # bounded decoder memory
-            pool = model.ae.decode(model.head(h[i:i + 64], N, g)).transpose(0, 1)  # (p, N, K)
-            outs.append(batch_temperature_sample(pool, T, g)[:, :4])
-        return torch.cat(outs)
-    rows = [{'model': 'calm', 'T': 1.0, 'N': 1, **scores(draw(1.0, 1), draw(1.0, 1), y)}]
-    for T in (1 / 2, 1 / 3):
-        for N in (1, 10, 50, 200):
-            rows.append({'model': 'calm', 'T': round(T, 4), 'N': N, **scores(draw(T, N), draw(T, N), y)})
-    return rows
+CALM_SETTINGS = [(1.0, 1)] + [(T, N) for T in (1 / 2, 1 / 3) for N in (1, 10, 50, 200)]   # (T, pool size N)
+GPT_SETTINGS = [(1.0, None), (0.8, None), (0.6, None), (0.5, None)]
 
 
 @torch.no_grad()
-def gpt_rows(model, blocks, g, K=4) -> list[dict]:
-    C = blocks.shape[1]
-    starts = torch.arange(K, C - 4 + 1, K, device=blocks.device)
-    y = blocks[:, starts[:, None] + torch.arange(4, device=blocks.device)].flatten(0, 1)
-    rows = []
-    for T in (1.0, 0.8, 0.6, 0.5):
-        _, samples, _ = _rollouts(model, torch.cat([blocks, blocks]), starts, g, temperature=T)  # (2B, P, 4)
-        a, b = samples[:blocks.shape[0]].flatten(0, 1), samples[blocks.shape[0]:].flatten(0, 1)
-        rows.append({'model': 'gpt', 'T': T, 'N': None, **scores(a, b, y)})
-    return rows
+def rows(name, model, blocks, g, settings) -> list[dict]:
+    out = []
+    for T, N in settings:
+        cont = model.continuations(blocks, Sampler(temperature=T, num_candidates=N or 1), generator=g)
+        a, b = cont['samples'].flatten(1, 2)                                  # (P, 4) each
+        out.append({'model': name, 'T': round(T, 4), 'N': N, **scores(a, b, cont['target'].flatten(0, 1))})
+    return out
 
 
 def main(cfg: Config) -> dict:
@@ -92,15 +74,15 @@ def main(cfg: Config) -> dict:
     corpus = load_corpus(tc['dataset'], tc['tokenizer'], tc['vocab_size'], tc['data_dir'], verbose=False)
     blocks = eval_blocks(corpus.tokens(cfg.split), cfg.context, cfg.max_blocks).to(device)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
-    rows = calm_rows(calm, blocks, g) + gpt_rows(gpt, blocks, g)
+    results = rows('calm', calm, blocks, g, CALM_SETTINGS) + rows('gpt', gpt, blocks, g, GPT_SETTINGS)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = {'protocol': f'{cfg.split}, {len(blocks)} blocks of {cfg.context} tokens, chunk starts every 4 tokens',
-              'rows': rows}
+              'rows': results}
     (out / 'results.json').write_text(json.dumps(report, indent=1))
     print('| model | T | N | accuracy (1 token) | collision (1 token) | accuracy (4 tokens) | collision (4 tokens) |')
     print('|---|---|---|---|---|---|---|')
-    for r in rows:
+    for r in results:
         print(f"| {r['model']} | {r['T']:.3g} | {r['N'] or '-'} | {r['acc_1']:.3f} | {r['collision_1']:.3f} | "
               f"{r['acc_4']:.4f} | {r['collision_4']:.4f} |")
     plt = pyplot()
@@ -110,7 +92,7 @@ def main(cfg: Config) -> dict:
     for label, sel in (('CALM T=1/2 (N=1,10,50,200)', lambda r: r['model'] == 'calm' and r['T'] == 0.5),
                        ('CALM T=1/3 (N=1,10,50,200)', lambda r: r['model'] == 'calm' and abs(r['T'] - 1 / 3) < 1e-3),
                        ('baseline T=1,0.8,0.6,0.5', lambda r: r['model'] == 'gpt')):
-        pts = [r for r in rows if sel(r)]
+        pts = [r for r in results if sel(r)]
         ax.plot([1 - r['collision_1'] for r in pts], [r['acc_1'] for r in pts], 'o-', label=label)
     ax.set_xlabel('diversity: 1 - collision rate (first token)')
     ax.set_ylabel('accuracy (first token)')

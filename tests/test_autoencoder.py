@@ -2,7 +2,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from calm_min.autoencoder import AEConfig, Autoencoder, state_hash
+from calm_min.autoencoder import AEConfig, Autoencoder
+from calm_min.checkpoint import state_hash
 
 
 def tiny_ae(K=4, l=8, V=37, **kw):

@@ -7,6 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from calm_min.backbone import BackboneConfig
 from calm_min.gpt import GPT, GPTConfig
+from calm_min.sampling import Sampler
 
 
 def reference_attention(q, k, v, mask):
@@ -74,9 +75,9 @@ def test_rope_relative_positions(tiny_gpt):
 
 def test_gpt_generate_cache_equals_recompute(tiny_gpt):
     idx = torch.randint(50, (3, 5))
-    a = tiny_gpt.generate(idx, 12, temperature=0.9, top_k=20, generator=torch.Generator().manual_seed(1))
-    b = tiny_gpt.generate(idx, 12, temperature=0.9, top_k=20, generator=torch.Generator().manual_seed(1),
-                          use_cache=False)
+    s = Sampler(temperature=0.9, top_k=20)
+    a = tiny_gpt.generate(idx, 12, s, generator=torch.Generator().manual_seed(1))
+    b = tiny_gpt.generate(idx, 12, s, generator=torch.Generator().manual_seed(1), use_cache=False)
     assert a.shape == (3, 17) and torch.equal(a, b) and torch.equal(a[:, :5], idx)
 
 

@@ -3,19 +3,18 @@ energy loss it compares memory against computes the same loss."""
 import torch
 
 import bench
-from calm_min.config import parse_args
 from calm_min.energy_head import energy_loss
 from conftest import ROOT
 
 
 def bench_cfg(*extra):
-    return parse_args([str(ROOT / 'config' / 'test.py'), '--device=cpu', '--dtype=float32', '--gen_tokens=8',
-                       '--repeats=1', '--train_steps=1', *extra], bench.BenchConfig)
+    """(BenchConfig, TrainConfig) as bench.py parses its command line."""
+    return bench.parse_bench_args([str(ROOT / 'config' / 'test.py'), '--device=cpu', '--dtype=float32',
+                                   '--gen_tokens=8', '--repeats=1', '--train_steps=1', *extra])
 
 
 def test_generation_and_training_report(capsys):
-    cfg = bench_cfg('--what=all', '--positions=64')
-    rep = bench.main(cfg, ['--what=all'])
+    rep = bench.main(*bench_cfg('--what=all', '--positions=64'), ['--what=all'])
     gen = rep['generation']
     assert gen['gpt_tokens_per_s'] > 0 and gen['calm_tokens_per_s'] > 0
     assert abs(sum(gen['calm_time_share'].values()) - 1) < 0.01
@@ -25,7 +24,7 @@ def test_generation_and_training_report(capsys):
 
 
 def test_params_read_per_step_by_hand():
-    cfg = bench_cfg()
+    _, cfg = bench_cfg()
     gpt, calm = bench.models(cfg, torch.device('cpu'))
     w = bench.params_read_per_step(gpt, calm)
     d, V, K, L, l = cfg.n_embd, cfg.vocab_size, cfg.chunk_size, cfg.n_layer, cfg.latent_size

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from calm_min.backbone import BackboneConfig
-from calm_min.brierlm import brier_estimate, brierlm, calm_brier, exact_brier, gpt_brier, summarize
+from calm_min.brierlm import brier_estimate, brierlm, estimate, exact_brier, summarize
 from calm_min.gpt import GPT, GPTConfig
 from test_calm import tiny_calm
 
@@ -89,8 +89,8 @@ def test_discrete_estimators_agree():
         model.tok_emb.weight.mul_(8)  # sharper, more varied next-token distributions
     blocks = torch.randint(5, (4, 24), generator=torch.Generator().manual_seed(1)).repeat(60, 1)
     g = torch.Generator().manual_seed(2)
-    sampled = gpt_brier(model, blocks, stride=4, exact=False, generator=g).flatten(0, 1).double()
-    exact = gpt_brier(model, blocks, stride=4, exact=True, generator=g).flatten(0, 1).double()
+    sampled = estimate(model.continuations(blocks, generator=g), exact=False).flatten(0, 1).double()
+    exact = estimate(model.continuations(blocks, generator=g), exact=True).flatten(0, 1).double()
     assert sampled.shape == exact.shape == (240 * 5, 4)
     for n in range(4):
         se = math.sqrt(sampled[:, n].var() / len(sampled) + exact[:, n].var() / len(exact))
@@ -102,22 +102,22 @@ def test_parallel_rollout_matches_sequential_generation():
     """The tree-masked rollout of every position equals generate() from each prefix on its own."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=7, backbone=BackboneConfig(n_layer=2, n_head=2, n_embd=32))).eval()
-    from calm_min.brierlm import _rollouts
     block = torch.randint(7, (1, 16))
-    starts = torch.tensor([4, 8, 12])
-    _, samples, sq = _rollouts(model, block, starts, torch.Generator().manual_seed(0))
-    # recompute the probabilities along the sampled rollouts by full forward passes
-    for p, t in enumerate(starts.tolist()):
-        seq = torch.cat([block[0, :t], samples[0, p]])[None]
-        logits, _ = model(seq)
-        probs = torch.softmax(logits[0, t - 1:t + 3], -1)
-        torch.testing.assert_close(sq[0, p], probs.pow(2).sum(-1), atol=1e-5, rtol=1e-5)
+    cont = model.continuations(block, generator=torch.Generator().manual_seed(0))   # starts 4, 8, 12
+    samples, sq = cont['samples'], cont['sum_sq']                                   # (2, 1, 3, 4) each
+    # recompute the probabilities along the sampled rollouts (both streams) by full forward passes
+    for stream in range(2):
+        for p, t in enumerate((4, 8, 12)):
+            seq = torch.cat([block[0, :t], samples[stream, 0, p]])[None]
+            logits, _ = model(seq)
+            probs = torch.softmax(logits[0, t - 1:t + 3], -1)
+            torch.testing.assert_close(sq[stream, 0, p], probs.pow(2).sum(-1), atol=1e-5, rtol=1e-5)
 
 
 def test_calm_estimator_uses_two_independent_draws():
     model = tiny_calm()
     blocks = torch.randint(40, (8, 32))
-    est = calm_brier(model, blocks, torch.Generator().manual_seed(0))
+    est = estimate(model.continuations(blocks, generator=torch.Generator().manual_seed(0)))
     assert est.shape == (8, 7, 4)
     # one latent decoded twice would give a == b everywhere: every estimate would be +1 or -1
     assert (est == 0).float().mean() > 0.5
@@ -129,22 +129,21 @@ def test_calm_estimator_for_small_k(K):
     model = tiny_calm(K=K)
     R = -(-4 // K)
     L = 9
-    est = calm_brier(model, torch.randint(40, (3, L * K)), torch.Generator().manual_seed(0))
+    est = estimate(model.continuations(torch.randint(40, (3, L * K)), generator=torch.Generator().manual_seed(0)))
     assert est.shape == (3, L - R, 4) and est.min() >= -1 and est.max() <= 2
     with pytest.raises(ValueError, match='at least'):
-        calm_brier(model, torch.randint(40, (2, R * K)))
+        model.continuations(torch.randint(40, (2, R * K)))
 
 
 @pytest.mark.parametrize('K', [1, 2])
 def test_calm_rollouts_match_full_recomputation(K):
     """The tree-masked rollouts draw each chunk from the hidden state that a full forward pass over
     context + the earlier rolled-out chunks gives."""
-    from calm_min.brierlm import calm_rollouts
     model = tiny_calm(K=K)
     x = torch.randint(40, (2, 10, K))
     starts = torch.tensor([1, 4, 6])
     R = -(-4 // K)
-    toks, hs = calm_rollouts(model, x, starts, R, torch.Generator().manual_seed(0))
+    toks, hs = model.rollouts(x, starts, R, generator=torch.Generator().manual_seed(0))
     assert toks.shape == (2, 3, R * K) and hs.shape == (2, 3, R, 64)
     for p, i in enumerate(starts.tolist()):
         for j in range(R):
@@ -153,13 +152,12 @@ def test_calm_rollouts_match_full_recomputation(K):
 
 
 def test_calm_fast_path_equals_one_chunk_rollout():
-    """For K >= 4 calm_brier draws both samples from one head call; a 1-chunk rollout of two stacked
+    """For K >= 4 continuations draws both samples from one head call; a 1-chunk rollout of two stacked
     streams draws the same noise in the same order, so the estimates are identical."""
-    from calm_min.brierlm import calm_rollouts
     model = tiny_calm(K=4)
     blocks = torch.randint(40, (3, 24))
-    fast = calm_brier(model, blocks, torch.Generator().manual_seed(3))
+    fast = estimate(model.continuations(blocks, generator=torch.Generator().manual_seed(3)))
     x = model.chunks(blocks)
-    toks, _ = calm_rollouts(model, torch.cat([x, x]), torch.arange(1, 6), 1, torch.Generator().manual_seed(3))
+    toks, _ = model.rollouts(torch.cat([x, x]), torch.arange(1, 6), 1, generator=torch.Generator().manual_seed(3))
     slow = brier_estimate(toks[:3].flatten(0, 1), toks[3:].flatten(0, 1), x[:, 1:].flatten(0, 1)).view(3, 5, 4)
     assert torch.equal(fast, slow)

@@ -5,17 +5,19 @@ import torch
 
 import eval as evaluate
 import train
-from calm_min.autoencoder import AEConfig, Autoencoder, state_hash
+from calm_min.autoencoder import AEConfig, Autoencoder
+from calm_min.checkpoint import state_hash
 from calm_min.backbone import BackboneConfig
 from calm_min.calm import CALM, CALMConfig
 from calm_min.checkpoint import CheckpointError, load_model
 from calm_min.config import EvalConfig
+from calm_min.sampling import Sampler
 
 
 def tiny_calm(K=4, V=40, l=8, seed=0, random_head=True):
     torch.manual_seed(seed)
     ae = Autoencoder(AEConfig(vocab_size=V, chunk_size=K, latent_size=l, dim=32, hidden=64))
-    model = CALM(CALMConfig(vocab_size=V, chunk_size=K, latent_size=l, head_blocks=2, noise_size=8, n_targets=10,
+    model = CALM(CALMConfig(head_blocks=2, noise_size=8, n_targets=10,
                             backbone=BackboneConfig(n_layer=2, n_head=2, n_embd=64)), ae)
     if random_head:  # the head starts at zero (all samples equal): give it spread for these tests
         torch.nn.init.normal_(model.head.final_out.weight, std=0.5)
@@ -24,25 +26,30 @@ def tiny_calm(K=4, V=40, l=8, seed=0, random_head=True):
 
 def test_forward_shapes_and_loss():
     model = tiny_calm()
-    out, loss = model(torch.randint(40, (2, 24)))
+    x = torch.randint(40, (2, 24))
+    out, loss = model(x[:, :-4], x[:, 4:])                    # targets: the input shifted by one chunk
     assert out['samples'].shape == (8, 2, 5, 8) and loss.dim() == 0 and torch.isfinite(loss)
     with pytest.raises(ValueError, match='not a multiple of chunk_size=4'):
         model(torch.randint(40, (2, 23)))
 
 
-def test_ae_mismatch_refused():
-    ae = Autoencoder(AEConfig(vocab_size=40, chunk_size=2, latent_size=8, dim=32, hidden=64))
-    with pytest.raises(ValueError, match='autoencoder/model mismatch.*chunk_size'):
-        CALM(CALMConfig(vocab_size=40, chunk_size=4, latent_size=8), ae)
+def test_k_l_and_vocabulary_come_from_the_autoencoder():
+    """CALM has no K, l or vocabulary of its own: they cannot disagree with its autoencoder's."""
+    for K, V, l in ((2, 30, 6), (4, 40, 8)):
+        ae = Autoencoder(AEConfig(vocab_size=V, chunk_size=K, latent_size=l, dim=32, hidden=64))
+        model = CALM(CALMConfig(backbone=BackboneConfig(n_layer=1, n_head=2, n_embd=32)), ae)
+        assert model.chunk_size == model.tokens_per_step == K
+        assert model.tok_emb.num_embeddings == V and model.head.final_out.out_features == l
+        assert model.compress[0].in_features == K * 32
 
 
 @pytest.mark.parametrize('temperature,sampler', [(1.0, 'batch'), (0.5, 'batch'), (0.5, 'exact')])
 def test_cached_generation_equals_recomputation(temperature, sampler):
     model = tiny_calm()
     prompt = torch.randint(40, (2, 6))                       # not a multiple of K: left-padded
-    kw = dict(temperature=temperature, sampler=sampler, num_candidates=16)
-    a = model.generate(prompt, 14, generator=torch.Generator().manual_seed(5), **kw)
-    b = model.generate(prompt, 14, generator=torch.Generator().manual_seed(5), use_cache=False, **kw)
+    s = Sampler(temperature=temperature, method=sampler, num_candidates=16)
+    a = model.generate(prompt, 14, s, generator=torch.Generator().manual_seed(5))
+    b = model.generate(prompt, 14, s, generator=torch.Generator().manual_seed(5), use_cache=False)
     assert a.shape == (2, 20) and torch.equal(a, b) and torch.equal(a[:, :6], prompt)
 
 
@@ -66,7 +73,8 @@ def test_frozen_ae_untouched_by_training(train_cfg):
     assert all(not p.requires_grad for p in calm.ae.parameters())
     model = tiny_calm()
     model.train()
-    _, loss = model(torch.randint(40, (2, 16)))
+    x = torch.randint(40, (2, 16))
+    _, loss = model(x[:, :-4], x[:, 4:])
     loss.backward()
     assert all(p.grad is None for p in model.ae.parameters())
     assert not model.ae.training                              # stays in eval mode: no dropout
@@ -81,7 +89,7 @@ def test_small_k_trains_and_reports_brierlm(train_cfg):
     """K = 2: the AE, then CALM, whose evaluation rolls out two chunks per BrierLM sample."""
     res = train.main(dataclasses.replace(train_cfg, model='calm', chunk_size=2))
     assert 0 <= res['evals'][-1]['val_brierlm'] <= 100
-    assert load_model(res['ckpt'], ('calm',))[0].cfg.chunk_size == 2
+    assert load_model(res['ckpt'], ('calm',))[0].chunk_size == 2
 
 
 def test_bad_ae_checkpoints_fail_before_training(train_cfg, tmp_path):
@@ -121,11 +129,12 @@ def train_on_cycle(cycle: list[int], steps: int, seed: int = 0, L: int = 12):
         loss.backward()
         opt.step()
     ae.eval()
-    model = CALM(CALMConfig(vocab_size=V, chunk_size=K, latent_size=l, head_blocks=2, noise_size=16,
+    model = CALM(CALMConfig(head_blocks=2, noise_size=16,
                             n_samples=8, n_targets=100, backbone=BackboneConfig(n_layer=2, n_head=2, n_embd=64)), ae)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-3)
     for _ in range(steps):
-        _, loss = model(batch(16).flatten(1), generator=g)
+        b = batch(16).flatten(1)                                          # (16, L*K)
+        _, loss = model(b[:, :-K], b[:, K:], generator=g)
         opt.zero_grad()
         loss.backward()
         opt.step()

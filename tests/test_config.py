@@ -50,7 +50,7 @@ def test_values_validated():
     with pytest.raises(ConfigError, match='block_size >= 16'):       # K = 8: two chunks
         parse_args(['--model=calm', '--chunk_size=8', '--block_size=12'], TrainConfig)
     assert parse_args(['--model=calm', '--chunk_size=2', '--block_size=6'], TrainConfig).block_size == 6
-    with pytest.raises(ConfigError, match='--temperature must be > 0'):
+    with pytest.raises(ConfigError, match='temperature must be a finite number > 0'):
         parse_args(['--temperature=0'], SampleConfig)
 
 

@@ -1,4 +1,4 @@
-"""Likelihood-free temperature samplers (spec section 5).
+"""Likelihood-free temperature samplers (docs/method.md section 6).
 
 Statistical checks use fixed seeds. Chi-square tests use the critical value at significance 1e-4
 for their degrees of freedom (bins with an expected count under 5 are merged), so each check would

@@ -1,6 +1,7 @@
 """sample.py and eval.py end to end on test-preset checkpoints (seconds)."""
 import dataclasses
 import json
+import math
 
 import pytest
 
@@ -9,6 +10,7 @@ import sample
 import train
 from calm_min.checkpoint import CheckpointError
 from calm_min.config import EvalConfig, SampleConfig
+from calm_min.data import DataError
 
 
 @pytest.fixture
@@ -67,3 +69,28 @@ def test_eval_bad_checkpoint(tmp_path):
     bad.write_bytes(b'\0' * 10)
     with pytest.raises(CheckpointError, match='corrupt or truncated'):
         evaluate.main(EvalConfig(ckpt=str(bad), device='cpu'))
+
+
+def test_eval_any_text(trained, tmp_path):
+    """--data scores held-out text with the checkpoint's own tokenizer: a .txt file, a folder of .txt
+    files and a .jsonl give the same figures for the same text; bits per byte use that text's bytes."""
+    text = 'The people of the united states in congress. ' * 40
+    (tmp_path / 'one.txt').write_text(text)
+    (tmp_path / 'folder').mkdir()
+    (tmp_path / 'folder' / 'a.txt').write_text(text)
+    (tmp_path / 'doc.jsonl').write_text(json.dumps({'text': text}) + '\n')
+    runs = {}
+    for name in ('one.txt', 'folder', 'doc.jsonl'):
+        runs[name] = evaluate.main(EvalConfig(ckpt=trained.out_dir + '/gpt.pt', data=str(tmp_path / name), context=32,
+                                              max_blocks=8, bootstrap=20, device='cpu'))
+        assert runs[name]['protocol']['data_tokens'] == len(text.encode()) + 1   # bytes + end-of-text
+    assert runs['one.txt']['results'] == runs['folder']['results'] == runs['doc.jsonl']['results']
+    r = runs['one.txt']['results']
+    assert r['bits_per_byte'] == pytest.approx(r['cross_entropy'] / math.log(2) * (len(text) + 1) / len(text))
+    c = evaluate.main(EvalConfig(ckpt=trained.out_dir + '/calm.pt', data=str(tmp_path / 'one.txt'), context=32,
+                                 max_blocks=8, bootstrap=20, device='cpu'))['results']
+    assert c['positions'] == 8 * 7 and 0 <= c['brierlm'] <= 100
+    a = evaluate.main(EvalConfig(ckpt=trained.out_dir + '/ae.pt', data=str(tmp_path / 'doc.jsonl'), device='cpu'))
+    assert a['results']['chunks'] == -(-(len(text) + 1) // 4)                  # every chunk of the one document
+    with pytest.raises(DataError, match='no such file'):
+        evaluate.main(EvalConfig(ckpt=trained.out_dir + '/gpt.pt', data=str(tmp_path / 'missing.txt'), device='cpu'))
