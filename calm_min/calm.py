@@ -11,10 +11,12 @@ K, l and the vocabulary are the autoencoder's: CALM reads them from it, so they 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from einops import rearrange
 from torch.profiler import record_function
 
@@ -35,6 +37,9 @@ class CALMConfig:
     n_samples: int = 8           # N
     n_targets: int = 100         # M
     alpha: float = 1.0
+    # extensions beyond the paper (README, "Making CALM learn at small scale"); 0 / 1 give the paper's method
+    aux_ce: float = 0.0          # weight of an auxiliary next-chunk token cross-entropy on h (training only)
+    target_noise: float = 1.0    # scale of the posterior std of the target draws
 
     @staticmethod
     def from_dict(d: dict) -> 'CALMConfig':
@@ -57,6 +62,11 @@ class CALM(nn.Module):
         self.compress.apply(init_weights)
         self.backbone = Backbone(cfg.backbone)
         self.head = EnergyHead(d, l, cfg.noise_size, cfg.head_blocks)
+        # extension: a linear map h -> the next chunk's K token logits, trained with cross-entropy
+        # beside the energy loss to teach the backbone; generation never uses it (likelihood-free)
+        self.aux_head = nn.Linear(d, K * V) if cfg.aux_ce > 0 else None
+        if self.aux_head is not None:
+            self.aux_head.apply(init_weights)
         self.ae = ae
         self.ae.requires_grad_(False)
         self.ae.eval()
@@ -94,7 +104,8 @@ class CALM(nn.Module):
     def target_latents(self, chunks: torch.Tensor, generator: torch.Generator | None = None):
         """Target chunks (..., K) -> (M draws from their posterior (M, ..., l), the posterior mean mu)."""
         mu, log_sigma = self.ae.encode(chunks)                                # (..., l)
-        return self.ae.sample_latent(mu.float(), log_sigma.float(), self.cfg.n_targets, generator), mu
+        log_sigma = log_sigma.float() + math.log(self.cfg.target_noise)      # + 0 for the paper's targets
+        return self.ae.sample_latent(mu.float(), log_sigma, self.cfg.n_targets, generator), mu
 
     def energy(self, h: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
         """Hidden states h (..., d) and target draws y (M, ..., l) -> (energy loss per position (...),
@@ -106,19 +117,27 @@ class CALM(nn.Module):
                 generator: torch.Generator | None = None):
         """x (B, T) tokens, whole chunks -> ({'hidden': (B, L, d)}, None). With targets (B, T), the
         chunks that follow x's chunks (x shifted by one chunk), also the head samples and the mean
-        energy loss over the B * L predicted chunks."""
+        energy loss over the B * L predicted chunks (plus aux_ce times the auxiliary cross-entropy
+        when that extension is on)."""
         h = self.hidden(self.chunks(x))                                       # (B, L, d)
         if targets is None:
             return {'hidden': h}, None
         if targets.shape != x.shape:
             raise ValueError(f"targets {tuple(targets.shape)} must have the shape of x {tuple(x.shape)}: "
                              f"the chunks that follow x's chunks")
-        y, mu = self.target_latents(self.chunks(targets), generator)          # (M, B, L, l), (B, L, l)
+        t = self.chunks(targets)                                              # (B, L, K)
+        y, mu = self.target_latents(t, generator)                             # (M, B, L, l), (B, L, l)
         per_pos, samples = self.energy(h, y, generator)                       # (B, L), (N, B, L, l)
         loss = per_pos.mean()
         with torch.no_grad():
             mean_err = (samples.float().mean(0) - mu.float()).norm(dim=-1).mean()
-        return {'hidden': h, 'samples': samples, 'mean_err': mean_err}, loss
+        out = {'hidden': h, 'samples': samples, 'mean_err': mean_err}
+        if self.aux_head is not None:
+            logits = rearrange(self.aux_head(h), 'b l (k v) -> b l k v', k=self.chunk_size)  # (B, L, K, V)
+            ce = F.cross_entropy(logits.float().flatten(0, -2), t.flatten())
+            out.update(energy=loss.detach(), aux_ce=ce.detach())
+            loss = loss + self.cfg.aux_ce * ce
+        return out, loss
 
     # -- sampling -------------------------------------------------------------------------------
 

@@ -5,6 +5,11 @@ import random
 
 import pytest
 import torch
+from hypothesis import settings
+
+# The same examples on every run (CI included): a property test cannot pass once and fail the next time.
+settings.register_profile('calm_min', derandomize=True, deadline=None)
+settings.load_profile('calm_min')
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ("the nation union congress people state year law war peace trade public government "
