@@ -29,6 +29,7 @@ from calm_min.config import ConfigError, EvalConfig, parse_args
 from calm_min.data import ChunkIndex, DataError, eval_blocks, load_corpus, tokenize_text
 from calm_min.device import pick_device
 from calm_min.tokenizer import Tokenizer
+from train import check_writable
 
 NOISE_LEVELS = (0.1, 0.2, 0.3, 0.5, 1.0)
 
@@ -128,6 +129,8 @@ def eval_ae(ae, chunks: torch.Tensor, cfg: EvalConfig) -> dict:
 
 def main(cfg: EvalConfig) -> dict:
     device = pick_device(cfg.device)
+    if cfg.out:                                               # fail before the work, not after it
+        check_writable(Path(cfg.out).resolve().parent, 'out')
     model, ckpt = load_model(cfg.ckpt, device=device)
     tc = ckpt['train_config']
     protocol = {'checkpoint': str(cfg.ckpt), 'kind': ckpt['kind'], 'checkpoint_sha256': file_sha256(cfg.ckpt),
@@ -157,6 +160,10 @@ def main(cfg: EvalConfig) -> dict:
         K = model.tokens_per_step if model.tokens_per_step > 1 else 4   # 4-grams start at chunk boundaries
         if cfg.context % K:
             raise ConfigError(f"--context={cfg.context} must be a multiple of the chunk size {K}")
+        need = (1 + -(-4 // K)) * K                          # one step of context and 4 tokens to score
+        if cfg.context < need:
+            raise ConfigError(f"--context={cfg.context} leaves nothing to score: BrierLM needs {K} tokens of "
+                              f"context and 4 to predict; use --context >= {need}")
         blocks = eval_blocks(tokens, cfg.context, cfg.max_blocks)
         protocol.update({'context_tokens': cfg.context,
                          'context_positions': cfg.context // model.tokens_per_step,
@@ -171,8 +178,15 @@ def main(cfg: EvalConfig) -> dict:
     return report
 
 
-if __name__ == '__main__':
+def cli(argv: list[str]) -> int:
+    """The command line: 0 on success, else one `error: ...` line on stderr and 1 (never a traceback)."""
     try:
-        main(parse_args(sys.argv[1:], EvalConfig))
-    except (ConfigError, DataError, CheckpointError) as e:
-        sys.exit(f"error: {e}")
+        main(parse_args(argv, EvalConfig))
+    except (ConfigError, DataError, CheckpointError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(cli(sys.argv[1:]))

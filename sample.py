@@ -48,8 +48,15 @@ def main(cfg: SampleConfig) -> list[str]:
     return texts
 
 
-if __name__ == '__main__':
+def cli(argv: list[str]) -> int:
+    """The command line: 0 on success, else one `error: ...` line on stderr and 1 (never a traceback)."""
     try:
-        main(parse_args(sys.argv[1:], SampleConfig))
-    except (ConfigError, CheckpointError, SamplingBudgetExceeded, ValueError) as e:
-        sys.exit(f"error: {e}")
+        main(parse_args(argv, SampleConfig))
+    except (ConfigError, CheckpointError, SamplingBudgetExceeded, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(cli(sys.argv[1:]))

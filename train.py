@@ -19,8 +19,12 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 import torch
 
@@ -33,6 +37,10 @@ from calm_min.config import ConfigError, TrainConfig, parse_args
 from calm_min.data import ChunkIndex, DataError, eval_blocks, lm_batch, load_corpus
 from calm_min.device import autocast, pick_device, use_compile
 from calm_min.gpt import GPT
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradients became NaN or inf; the message names the last good checkpoint."""
+
 
 # settings that may change when resuming; any other difference is refused
 RESUMABLE = {'max_iters', 'ae_max_iters', 'log_interval', 'eval_interval', 'device', 'compile', 'resume',
@@ -66,6 +74,11 @@ def make_optimizer(model, cfg: TrainConfig, lr: float, device):
 
 
 def check_resume(cfg: TrainConfig, ckpt: dict):
+    max_iters = cfg.ae_max_iters if cfg.model == 'ae' else cfg.max_iters
+    if max_iters < ckpt['step']:
+        flag = 'ae_max_iters' if cfg.model == 'ae' else 'max_iters'
+        raise ConfigError(f"--resume: the checkpoint is at step {ckpt['step']}, beyond --{flag}={max_iters}; a run "
+                          f"cannot resume backwards. Pass --{flag} >= {ckpt['step']}, or start anew with --overwrite=true")
     old = ckpt['train_config']
     diff = [k for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE and old.get(k) != v]
     if diff:
@@ -74,8 +87,19 @@ def check_resume(cfg: TrainConfig, ckpt: dict):
                           + ". Resume with the same settings, or start a new run with --overwrite=true")
 
 
+def check_writable(folder: Path, flag: str):
+    """Create `folder` and write a probe file in it, or a ConfigError naming the flag."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--{flag}={folder} is not a writable folder ({e.strerror}): choose another") from None
+
+
 def check_output(cfg: TrainConfig):
     """Before any training: the run may write (or resume) cfg.ckpt_path."""
+    check_writable(cfg.ckpt_path.parent, 'out_dir')
     if cfg.resume:
         check_resume(cfg, load_checkpoint(cfg.ckpt_path, (cfg.model,)))
     elif cfg.ckpt_path.exists() and not cfg.overwrite:
@@ -130,10 +154,20 @@ def main(cfg: TrainConfig) -> dict:
         dist.barrier()
     # the stages: CALM without an autoencoder trains one first (stage 1), then itself (stage 2)
     stages = [cfg]
-    if cfg.model == 'calm' and not cfg.ae_ckpt_path.exists():
-        if cfg.ae_ckpt:
-            raise CheckpointError(f"--ae_ckpt={cfg.ae_ckpt}: file not found; train one with --model=ae")
-        stages = [dataclasses.replace(cfg, model='ae'), cfg]
+    if cfg.model == 'calm' and not cfg.ae_ckpt:
+        if not cfg.ae_ckpt_path.exists():
+            stages = [dataclasses.replace(cfg, model='ae', resume=False), cfg]
+        elif not load_checkpoint(cfg.ae_ckpt_path, ('ae',)).get('finished', True):
+            dist.log(f"{cfg.ae_ckpt_path} is from an autoencoder run that did not finish: resuming it first")
+            stages = [dataclasses.replace(cfg, model='ae', resume=True, overwrite=False), cfg]
+    elif cfg.model == 'calm' and not cfg.ae_ckpt_path.exists():
+        raise CheckpointError(f"--ae_ckpt={cfg.ae_ckpt}: file not found; train one with --model=ae")
+    if cfg.model != 'ae':                                     # a language model needs one whole training window
+        need = cfg.block_size // cfg.chunk_size * cfg.chunk_size if cfg.model == 'calm' else cfg.block_size + 1
+        for split in ('train', 'val'):
+            if len(corpus.tokens(split)) < need:
+                raise DataError(f"the {split} split has {len(corpus.tokens(split))} tokens, fewer than one training "
+                                f"window of {need}: lower --block_size or use a larger corpus")
     for stage in stages:                                     # every output is checked before any training
         check_output(stage)
     for i, stage in enumerate(stages):
@@ -238,7 +272,12 @@ def train(cfg: TrainConfig, corpus, dist: Dist) -> dict:
         record(rec)
 
     def save(it):
-        """Called by every process: each one's generator states go into rank 0's checkpoint."""
+        """Called by every process: each one's generator states go into rank 0's checkpoint. Refuses
+        non-finite weights (the previous checkpoint stays); marks whether the run has finished."""
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise TrainingDiverged(f"the weights hold NaN or inf at step {it}: not saved; the last good checkpoint "
+                                   f"is {path} (step {last_saved[0]})" if last_saved[0] is not None else
+                                   f"the weights hold NaN or inf at step {it}: not saved")
         mine = {'data': g_data.get_state(), 'model': g_model.get_state().cpu(), 'torch': torch.get_rng_state()}
         ranks = [mine]
         if dist.ddp:
@@ -248,12 +287,13 @@ def train(cfg: TrainConfig, corpus, dist: Dist) -> dict:
             return
         state = {'kind': cfg.model, 'model_config': dataclasses.asdict(model.cfg),
                  'train_config': dataclasses.asdict(cfg), 'model': model.state_dict(),
-                 'optimizer': optimizer.state_dict(), 'step': it, 'rng_ranks': ranks,
+                 'optimizer': optimizer.state_dict(), 'step': it, 'finished': it >= max_iters, 'rng_ranks': ranks,
                  'tokenizer': tok.identity, 'tokenizer_json': tok.to_str(), 'evals': evals, **extra,
                  **({'hash': state_hash(model)} if is_ae else {})}
         save_checkpoint(path, state)
         if cfg.keep_checkpoints:
             save_checkpoint(path.with_name(f'{cfg.model}_{it}.pt'), state)
+        last_saved[0] = it
 
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     dist.log(f"{cfg.model}: {n_params / 1e6:.2f}M trainable parameters on {device}, {max_iters} iterations, "
@@ -261,46 +301,72 @@ def train(cfg: TrainConfig, corpus, dist: Dist) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     jsonl = open(path.with_suffix('.jsonl'), 'a' if cfg.resume else 'w') if dist.master else None
     evals = list(ckpt.get('evals', [])) if ckpt else []
+    last_saved = [start if ckpt else None]                   # step of the last checkpoint this run can point to
+    stop_signal: list = []                                    # set by SIGTERM / SIGINT, acted on between steps
+    handlers = {sig: signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)} if threading.current_thread() is threading.main_thread() else {}
 
     # -- the loop ---------------------------------------------------------------------------------
-    losses = []
-    model.train()
-    t0, t_start = time.time(), time.time()
-    for it in range(start, max_iters):
-        if it % cfg.eval_interval == 0 and it > start or (it == 0 and start == 0):
-            evaluate(it)
-            if it > start:
+    try:
+        losses = []
+        model.train()
+        t0, t_start = time.time(), time.time()
+        skipped = 0
+        for it in range(start, max_iters):
+            if stop_signal:                                       # SIGTERM / SIGINT: save this step and leave
                 save(it)
-        lr = lr_at(cfg, it, base_lr, max_iters)
-        for group in optimizer.param_groups:
-            group['lr'] = lr
-        total = torch.zeros((), device=device)
-        for micro in range(cfg.grad_accum):
-            x, y = get_batch('train', g_data)
-            last = not dist.ddp or micro == cfg.grad_accum - 1  # DDP: all-reduce on the last micro-step only
-            with contextlib.nullcontext() if last else fwd.no_sync():
-                with amp:
-                    out, loss = fwd(x, y, generator=g_model)
-                (loss / cfg.grad_accum).backward()
-            total += loss.detach() / cfg.grad_accum
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        total = total.item()                                  # one host sync per iteration
-        losses.append(total)
-        if (it + 1) % cfg.log_interval == 0 or it == max_iters - 1:
-            dt = time.time() - t0
-            n_done = (it + 1 - start) % cfg.log_interval or cfg.log_interval
-            tps = tokens_per_micro * cfg.grad_accum * dist.world * n_done / dt
-            eta = (max_iters - it - 1) * dt / n_done
-            rec = {'kind': 'train', 'iter': it + 1, 'loss': total, 'lr': lr, 'tok_per_s': tps, 'eta_s': eta}
-            if isinstance(out, dict):
-                rec.update({k: v.item() for k, v in out.items() if v.dim() == 0})
-            record(rec)
-            t0 = time.time()
-    if max_iters > start:
-        evaluate(max_iters)
+                dist.log(f"stopped by signal {stop_signal[0]} at step {it}: saved {path}; continue it with --resume=true")
+                raise SystemExit(128 + stop_signal[0])
+            if it % cfg.eval_interval == 0 and it > start or (it == 0 and start == 0):
+                evaluate(it)
+                if it > start:
+                    save(it)
+            lr = lr_at(cfg, it, base_lr, max_iters)
+            for group in optimizer.param_groups:
+                group['lr'] = lr
+            total = torch.zeros((), device=device)
+            for micro in range(cfg.grad_accum):
+                x, y = get_batch('train', g_data)
+                last = not dist.ddp or micro == cfg.grad_accum - 1  # DDP: all-reduce on the last micro-step only
+                with contextlib.nullcontext() if last else fwd.no_sync():
+                    with amp:
+                        out, loss = fwd(x, y, generator=g_model)
+                    (loss / cfg.grad_accum).backward()
+                total += loss.detach() / cfg.grad_accum
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)  # inf: measure only
+            total, norm = torch.stack([total, norm.to(total.device)]).tolist()   # one host sync per iteration
+            if not (math.isfinite(total) and math.isfinite(norm)):           # divergence guard: never step on NaN
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                if skipped > cfg.skip_nonfinite:
+                    raise TrainingDiverged(
+                        f"non-finite {'loss' if not math.isfinite(total) else 'gradient norm'} at step {it + 1} "
+                        f"({skipped} such step(s), --skip_nonfinite={cfg.skip_nonfinite}); nothing was saved for it. "
+                        + (f"The last good checkpoint is {path} (step {last_saved[0]})" if last_saved[0] is not None
+                           else "No checkpoint was written by this run") + ": lower --lr, check the data, or resume")
+                dist.log(f"warning: non-finite loss or gradient at step {it + 1}: step skipped "
+                         f"({skipped} of at most {cfg.skip_nonfinite})")
+                continue
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(total)
+            if (it + 1) % cfg.log_interval == 0 or it == max_iters - 1:
+                dt = time.time() - t0
+                n_done = (it + 1 - start) % cfg.log_interval or cfg.log_interval
+                tps = tokens_per_micro * cfg.grad_accum * dist.world * n_done / dt
+                eta = (max_iters - it - 1) * dt / n_done
+                rec = {'kind': 'train', 'iter': it + 1, 'loss': total, 'lr': lr, 'tok_per_s': tps, 'eta_s': eta}
+                if isinstance(out, dict):
+                    rec.update({k: v.item() for k, v in out.items() if v.dim() == 0})
+                record(rec)
+                t0 = time.time()
+        if max_iters > start:
+            evaluate(max_iters)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if jsonl:
+            jsonl.flush()
 
     # -- save, show samples ------------------------------------------------------------------------
     save(max_iters)
@@ -324,8 +390,15 @@ def show_samples(model, tok, cfg: TrainConfig, device):
         print(f"--- sample {i + 1} ({cfg.model}, T=1) ---\n{tok.decode(row)}")
 
 
-if __name__ == '__main__':
+def cli(argv: list[str]) -> int:
+    """The command line: 0 on success, else one `error: ...` line on stderr and 1 (never a traceback)."""
     try:
-        main(parse_args(sys.argv[1:], TrainConfig))
-    except (ConfigError, DataError, CheckpointError) as e:
-        sys.exit(f"error: {e}")
+        main(parse_args(argv, TrainConfig))
+    except (ConfigError, DataError, CheckpointError, TrainingDiverged, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(cli(sys.argv[1:]))

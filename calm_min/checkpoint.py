@@ -81,8 +81,10 @@ def model_from_checkpoint(ckpt: dict, path='checkpoint'):
         model = CALM(CALMConfig.from_dict(ckpt['model_config']), Autoencoder(AEConfig.from_dict(ckpt['ae_config'])))
     try:
         model.load_state_dict(ckpt['model'])
-    except RuntimeError as e:
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: weights do not fit the recorded config ({str(e)[:300]})") from None
+    if not all(torch.isfinite(t).all() for t in ckpt['model'].values() if t.is_floating_point()):
+        raise CheckpointError(f"{path} holds NaN or inf weights (a diverged run): use an earlier checkpoint")
     if kind == 'calm' and state_hash(model.ae) != ckpt['ae_hash']:
         raise CheckpointError(f"{path}: the embedded autoencoder's weights do not match the hash recorded "
                               f"when CALM was trained (autoencoder/model mismatch); the file is damaged")
@@ -103,6 +105,10 @@ def load_autoencoder(path, tokenizer: dict, chunk_size: int) -> tuple[Autoencode
     if ae_K != chunk_size:
         raise CheckpointError(f"autoencoder {path} has chunk_size K={ae_K} but --chunk_size={chunk_size}: "
                               f"pass --chunk_size={ae_K} or train a matching autoencoder")
+    if not ckpt.get('finished', True):
+        raise CheckpointError(f"autoencoder {path} is from a run that stopped at step {ckpt['step']} of "
+                              f"{ckpt['train_config'].get('ae_max_iters')}: finish it first (python train.py ... "
+                              f"--model=ae --resume=true) or pass a finished --ae_ckpt")
     ae = model_from_checkpoint(ckpt, path)
     if state_hash(ae) != ckpt['hash']:
         raise CheckpointError(f"autoencoder {path}: weights do not match their recorded hash; the file is damaged")

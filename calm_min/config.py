@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, fields
 from pathlib import Path
+import math
 from typing import get_type_hints
 
 from .autoencoder import AEConfig
@@ -137,6 +138,14 @@ def _prob(cfg, *names):
             raise ConfigError(f"--{n} must be in [0, 1), got {v}")
 
 
+def _finite(cfg):
+    """NaN and inf are refused for every number: they would train silently to NaN or turn a check off."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"--{f.name} must be a finite number, got {v}")
+
+
 def _choice(cfg, name, options):
     if getattr(cfg, name) not in options:
         raise ConfigError(f"--{name} must be one of {', '.join(options)}; got {getattr(cfg, name)!r}")
@@ -205,6 +214,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0             # 0 turns clipping off
+    skip_nonfinite: int = 0            # steps with a NaN/inf loss or gradient to skip before the run stops
     # logging and evaluation
     log_interval: int = 25
     eval_interval: int = 250
@@ -214,6 +224,7 @@ class TrainConfig:
     sample_tokens: int = 64
 
     def validate(self):
+        _finite(self)
         _choice(self, 'model', ('gpt', 'ae', 'calm'))
         _choice(self, 'lr_schedule', ('cosine', 'constant'))
         _choice(self, 'compile', ('auto', 'true', 'false'))
@@ -222,9 +233,11 @@ class TrainConfig:
                   'latent_size', 'ae_dim', 'ae_hidden', 'ae_blocks', 'ae_max_iters', 'ae_batch_size',
                   'ae_lr', 'head_blocks', 'noise_size', 'n_targets', 'batch_size', 'grad_accum',
                   'max_iters', 'lr', 'rope_theta', 'log_interval', 'eval_interval', 'eval_iters')
-        _prob(self, 'token_dropout', 'latent_dropout')
+        _prob(self, 'token_dropout', 'latent_dropout', 'beta1', 'beta2')
+        if self.min_lr_ratio > 1:
+            raise ConfigError(f"--min_lr_ratio must be in [0, 1] (the cosine's floor as a share of --lr), got {self.min_lr_ratio}")
         for n in ('weight_decay', 'grad_clip', 'min_lr_ratio', 'warmup_iters', 'kl_clip', 'kl_beta', 'ffn_hidden',
-                  'brier_blocks', 'num_samples', 'sample_tokens'):
+                  'brier_blocks', 'num_samples', 'sample_tokens', 'skip_nonfinite'):
             if getattr(self, n) < 0:
                 raise ConfigError(f"--{n} must be >= 0, got {getattr(self, n)}")
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
@@ -246,6 +259,9 @@ class TrainConfig:
                               f"use --block_size >= {need}")
         if self.tokenizer == 'bpe' and self.vocab_size < 260:
             raise ConfigError(f"--vocab_size must be >= 260 for a byte-level BPE, got {self.vocab_size}")
+        for n in ('out_dir', 'data_dir', 'dataset', 'tokenizer'):
+            if not getattr(self, n).strip():
+                raise ConfigError(f"--{n} must not be empty")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: choose one")
 
@@ -294,6 +310,7 @@ class SampleConfig:
     device: str = 'auto'
 
     def validate(self):
+        _finite(self)
         _positive(self, 'max_new_tokens', 'num_samples')
         self.make_sampler()
 
@@ -320,7 +337,9 @@ class EvalConfig:
     out: str = ''                      # also write the JSON here
 
     def validate(self):
-        _positive(self, 'context', 'batch_size', 'bootstrap')
+        _positive(self, 'context', 'batch_size')
+        if self.bootstrap < 2:
+            raise ConfigError(f"--bootstrap must be >= 2 (resamples for a standard error), got {self.bootstrap}")
         if self.max_blocks < 0:
             raise ConfigError(f"--max_blocks must be >= 0, got {self.max_blocks}")
 

@@ -14,6 +14,7 @@ Run it alone with `python -m calm_min.data --dataset=... --tokenizer=...`.
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import lzma
@@ -62,10 +63,39 @@ def _sources(dataset: str) -> list[Path]:
     return [p]
 
 
+def _open_binary(path: Path):
+    return lzma.open(path, 'rb') if path.suffix == '.xz' else open(path, 'rb')
+
+
+def _check_text(path: Path):
+    """Refuse a binary file, a corrupt .xz or bytes that are not UTF-8, naming the file and the offset."""
+    try:
+        with _open_binary(path) as f:
+            dec = codecs.getincrementaldecoder('utf-8')()
+            offset, first = 0, True
+            for block in iter(lambda: f.read(1 << 20), b''):
+                if first and b'\0' in block[:65536]:
+                    raise DataError(f"{path} looks like a binary file (it holds NUL bytes): give text, "
+                                    f"a folder of .txt files or a .jsonl")
+                first = False
+                try:
+                    dec.decode(block)
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path} is not UTF-8 text: invalid byte {block[e.start]:#04x} at byte offset "
+                                    f"{offset + e.start}; convert it to UTF-8 (e.g. iconv -t utf-8)") from None
+                offset += len(block)
+            dec.decode(b'', final=True)
+    except (lzma.LZMAError, EOFError) as e:
+        raise DataError(f"{path} is not a readable .xz file ({e}): re-download or recompress it") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text: it ends inside a multi-byte character") from None
+
+
 def _open_text(path: Path):
+    _check_text(path)
     if path.suffix == '.xz':
         return lzma.open(path, 'rt', encoding='utf-8')
-    return open(path, encoding='utf-8', errors='replace')
+    return open(path, encoding='utf-8')
 
 
 def _jsonl_texts(path: Path) -> Iterator[str]:
@@ -74,9 +104,12 @@ def _jsonl_texts(path: Path) -> Iterator[str]:
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)['text']
+                text = json.loads(line)['text']
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise DataError(f"{path}:{lineno}: each line must be a JSON object with a 'text' field") from None
+            if not isinstance(text, str):
+                raise DataError(f"{path}:{lineno}: 'text' must be a string, got {type(text).__name__}")
+            yield text
 
 
 def _text_pieces(path: Path) -> Iterator[str]:
@@ -168,8 +201,11 @@ def prepare(dataset: str = 'sotu', tokenizer: str = 'bpe', vocab_size: int = 409
             meta = json.loads(meta_path.read_text())
         except json.JSONDecodeError:
             meta = {}
-        if meta.get('fingerprint') == fp and all((out / f'{s}.bin').is_file() for s in meta['splits']):
-            return out
+        if meta.get('fingerprint') == fp:
+            bad = _damaged(out, meta)
+            if not bad:
+                return out
+            (print if verbose else (lambda *a: None))(f"{bad}: preparing the data again")
     out.mkdir(parents=True, exist_ok=True)
     log = print if verbose else (lambda *a, **k: None)
     log(f"preparing {dataset} with tokenizer {tokenizer} into {out} ...")
@@ -208,7 +244,8 @@ def prepare(dataset: str = 'sotu', tokenizer: str = 'bpe', vocab_size: int = 409
                             f"11 documents (every 20th goes to val; a .txt file is cut into ~64 KB pieces)")
         os.replace(tmp, out / f'{split}.bin')
         np.asarray(starts, dtype=np.int64).tofile(out / f'{split}.idx')
-        splits[split] = {'tokens': n_tokens, 'documents': len(starts), 'bytes': n_bytes}
+        splits[split] = {'tokens': n_tokens, 'documents': len(starts), 'bytes': n_bytes,
+                         'sha256': {ext: _sha256(out / f'{split}.{ext}') for ext in ('bin', 'idx')}}
         log(f"  {split}: {len(starts)} documents, {n_bytes:,} bytes, {n_tokens:,} tokens")
     meta = {'fingerprint': fp, 'dataset': dataset, 'tokenizer': tok.identity, 'dtype': np.dtype(dtype).name,
             'splits': splits}
@@ -216,6 +253,28 @@ def prepare(dataset: str = 'sotu', tokenizer: str = 'bpe', vocab_size: int = 409
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, meta_path)
     return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _damaged(folder: Path, meta: dict, hashes: bool = True) -> str:
+    """'' if every prepared file has the size (and, with hashes, the sha256) meta.json recorded, else why not."""
+    itemsize = np.dtype(meta.get('dtype', 'uint16')).itemsize
+    for split, info in meta.get('splits', {}).items():
+        sizes = {'bin': info['tokens'] * itemsize, 'idx': info['documents'] * 8}
+        for ext, size in sizes.items():
+            p = folder / f'{split}.{ext}'
+            if not p.is_file() or p.stat().st_size != size:
+                return f"{p} is missing or truncated ({p.stat().st_size if p.is_file() else 0} bytes, {size} expected)"
+            if hashes and 'sha256' in info and _sha256(p) != info['sha256'][ext]:
+                return f"{p} does not match the checksum recorded in meta.json"
+    return ''
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,6 +294,9 @@ class Corpus:
         self.tokenizer = Tokenizer.load(folder / 'tokenizer.json', kind=self.meta['tokenizer']['kind'])
         if self.tokenizer.identity != self.meta['tokenizer']:
             raise DataError(f"{folder}/tokenizer.json does not match meta.json: delete {folder} and prepare again")
+        bad = _damaged(folder, self.meta, hashes=False)
+        if bad:
+            raise DataError(f"{bad}: delete {folder} and prepare again")
 
     def tokens(self, split: str) -> np.ndarray:
         if split not in self.meta['splits']:

@@ -7,15 +7,26 @@ import torch
 
 
 def pick_device(name: str = 'auto') -> torch.device:
+    """--device: auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps; a ConfigError for anything else."""
+    from .config import ConfigError
     if name == 'auto':
         if torch.cuda.is_available():
             return torch.device('cuda')
         if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available():
             return torch.device('mps')
         return torch.device('cpu')
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device={name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type not in ('cpu', 'cuda', 'mps'):
+        raise ConfigError(f"--device={name!r}: use auto, cpu, cuda, cuda:N or mps")
     if dev.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f"--device={name} but CUDA is not available here; use --device=auto or cpu")
+        raise ConfigError(f"--device={name} but CUDA is not available here; use --device=auto or cpu")
+    if dev.type == 'cuda' and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device={name} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == 'mps' and not (getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device={name} but MPS is not available here; use --device=auto or cpu")
     return dev
 
 

@@ -43,8 +43,9 @@ class Sampler:
         t = self.temperature
         if not isinstance(t, (int, float)) or math.isnan(t) or not (0.0 < t < math.inf):
             raise ValueError(f"temperature must be a finite number > 0, got {t}")
-        if 1.0 / t == math.inf:
-            raise ValueError(f"temperature {t} is too small to sample with (1/T overflows); use T >= 1e-6")
+        if t < 1e-6:
+            raise ValueError(f"temperature {t} is too small to sample with (1/T would be {1 / t:.3g}); "
+                             f"use T >= 1e-6, which is already greedy in effect")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 turns it off), got {self.top_k}")
         if self.method not in ('batch', 'exact'):
