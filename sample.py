@@ -36,12 +36,17 @@ def main(cfg: SampleConfig) -> list[str]:
             raise ConfigError(f"--prompt=FILE:{path}: no such file")
         text = path.read_text()
     ids = [tok.eot_id] + tok.encode(text)
-    idx = torch.tensor([ids] * cfg.num_samples, dtype=torch.long, device=device)
+    trained = ckpt['train_config']['block_size']
+    if len(ids) + cfg.max_new_tokens > trained:
+        print(f"warning: the prompt ({len(ids)} tokens) and --max_new_tokens={cfg.max_new_tokens} exceed the "
+              f"{trained}-token context this model was trained on: expect text of lower quality", file=sys.stderr)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     t0 = time.time()
-    out = model.generate(idx, cfg.max_new_tokens, sampler, generator=g)
+    texts = []
+    for i in range(0, cfg.num_samples, 64):                  # at most 64 sequences at once: bounded memory
+        idx = torch.tensor([ids] * min(64, cfg.num_samples - i), dtype=torch.long, device=device)
+        texts += [tok.decode(row[1:]) for row in model.generate(idx, cfg.max_new_tokens, sampler, generator=g).tolist()]
     dt = time.time() - t0
-    texts = [tok.decode(row[1:]) for row in out.tolist()]
     for i, t in enumerate(texts):
         print(f"--- sample {i + 1} ---\n{t}")
     print(f"--- {cfg.num_samples * cfg.max_new_tokens / dt:.1f} tokens/s ({model.kind}, {sampler}, {device})")

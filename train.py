@@ -191,6 +191,9 @@ def train(cfg: TrainConfig, corpus, dist: Dist) -> dict:
     if cfg.model == 'calm':
         ae, ae_ckpt = load_autoencoder(cfg.ae_ckpt_path, tok.identity, cfg.chunk_size)
         extra = {'ae_config': dataclasses.asdict(ae.cfg), 'ae_hash': ae_ckpt['hash'], 'ae_path': str(cfg.ae_ckpt_path)}
+        if ae.cfg.latent_size != cfg.latent_size:
+            dist.log(f"note: the autoencoder {cfg.ae_ckpt_path} has latent_size {ae.cfg.latent_size}; "
+                     f"--latent_size={cfg.latent_size} applies only to a newly trained autoencoder")
     model = build_model(cfg, tok.vocab_size, tok.eot_id, ae)
     if ckpt is not None:
         model.load_state_dict(ckpt['model'])
@@ -299,7 +302,13 @@ def train(cfg: TrainConfig, corpus, dist: Dist) -> dict:
     dist.log(f"{cfg.model}: {n_params / 1e6:.2f}M trainable parameters on {device}, {max_iters} iterations, "
              f"{tokens_per_micro * cfg.grad_accum * dist.world:,} tokens per iteration")
     path.parent.mkdir(parents=True, exist_ok=True)
-    jsonl = open(path.with_suffix('.jsonl'), 'a' if cfg.resume else 'w') if dist.master else None
+    jsonl = None
+    if dist.master:                                           # resuming: drop records past the checkpoint's step
+        log_path = path.with_suffix('.jsonl')
+        kept = [r for r in (log_path.read_text().splitlines() if cfg.resume and log_path.exists() else [])
+                if r.strip() and json.loads(r).get('iter', 0) <= start]
+        jsonl = open(log_path, 'w')
+        jsonl.write(''.join(r + '\n' for r in kept))
     evals = list(ckpt.get('evals', [])) if ckpt else []
     last_saved = [start if ckpt else None]                   # step of the last checkpoint this run can point to
     stop_signal: list = []                                    # set by SIGTERM / SIGINT, acted on between steps

@@ -54,8 +54,12 @@ def load_checkpoint(path, kinds: tuple[str, ...] = KINDS, tokenizer: dict | None
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
+        if 'Unsupported global' in str(e):
+            raise CheckpointError(f"{path} could not be read as a checkpoint: it holds Python objects other than "
+                                  f"tensors and plain data, and loading those would run code; refused") from None
+        why = 'not a tensor-only file' if 'Weights only load failed' in str(e) else str(e)[:200]  # never torch's unsafe hint
         raise CheckpointError(f"{path} could not be read as a checkpoint (corrupt or truncated? "
-                              f"{type(e).__name__}: {str(e)[:200]}); retrain or use another file") from None
+                              f"{type(e).__name__}: {why}); retrain or use another file") from None
     if not isinstance(ckpt, dict) or ckpt.get('kind') not in KINDS or 'model' not in ckpt:
         raise CheckpointError(f"{path} is not a calm-min checkpoint (no 'kind' and 'model' entries)")
     if ckpt.get('format') != FORMAT:
@@ -73,12 +77,16 @@ def load_checkpoint(path, kinds: tuple[str, ...] = KINDS, tokenizer: dict | None
 def model_from_checkpoint(ckpt: dict, path='checkpoint'):
     """Rebuild the uncompiled module of a loaded checkpoint and load its weights."""
     kind = ckpt['kind']
-    if kind == 'gpt':
-        model = GPT(GPTConfig.from_dict(ckpt['model_config']))
-    elif kind == 'ae':
-        model = Autoencoder(AEConfig.from_dict(ckpt['model_config']))
-    else:
-        model = CALM(CALMConfig.from_dict(ckpt['model_config']), Autoencoder(AEConfig.from_dict(ckpt['ae_config'])))
+    try:
+        if kind == 'gpt':
+            model = GPT(GPTConfig.from_dict(ckpt['model_config']))
+        elif kind == 'ae':
+            model = Autoencoder(AEConfig.from_dict(ckpt['model_config']))
+        else:
+            model = CALM(CALMConfig.from_dict(ckpt['model_config']), Autoencoder(AEConfig.from_dict(ckpt['ae_config'])))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: its recorded config is missing or damaged ({type(e).__name__}: "
+                              f"{str(e)[:200]}); retrain or use another file") from None
     try:
         model.load_state_dict(ckpt['model'])
     except (RuntimeError, KeyError, TypeError, ValueError) as e:

@@ -2,7 +2,8 @@
 
 Every script has one flat dataclass (`TrainConfig`, `SampleConfig`, `EvalConfig`). Its values come,
 in order, from the dataclass defaults, then from preset files (`config/*.py`: plain assignments such
-as `n_layer = 4`), then from `--key=value` flags. Unknown keys are refused with the list of valid
+as `n_layer = 4`), then from `--key=value` flags, wherever on the command line each stands. A preset
+is executed as Python (as in nanoGPT): run only presets you trust. Unknown keys are refused with the list of valid
 ones, values are coerced to the field's type (an int is accepted for a float), and `validate()`
 checks ranges, so a bad flag fails at once with a message instead of deep inside torch.
 """
@@ -77,20 +78,21 @@ def parse_args(argv: list[str], cls):
     hints = get_type_hints(cls)
     valid = [f.name for f in fields(cls)]
     values: dict = {}
-    for arg in argv:
-        if arg in ('-h', '--help'):
-            print(help_text(cls))
-            raise SystemExit(0)
-        if arg.startswith('--'):
-            key, eq, text = arg[2:].partition('=')
-            if not eq:
-                raise ConfigError(f"flags are written --key=value, got {arg!r}")
-            key = key.replace('-', '_')
-            if key not in hints:
-                raise _unknown(key, valid)
-            values[key] = _coerce(key, text, hints[key])
-        else:
-            values.update(load_preset(arg, cls))
+    if '-h' in argv or '--help' in argv:
+        print(help_text(cls))
+        raise SystemExit(0)
+    flags = {}
+    for arg in [a for a in argv if a.startswith('--')]:
+        key, eq, text = arg[2:].partition('=')
+        if not eq:
+            raise ConfigError(f"flags are written --key=value, got {arg!r}")
+        key = key.replace('-', '_')
+        if key not in hints:
+            raise _unknown(key, valid)
+        flags[key] = _coerce(key, text, hints[key])
+    for arg in [a for a in argv if not a.startswith('--')]:   # presets first, in order ...
+        values.update(load_preset(arg, cls))
+    values.update(flags)                                      # ... then flags, wherever they stand
     cfg = cls(**values)
     cfg.validate()
     return cfg
@@ -118,7 +120,8 @@ def load_preset(path: str, cls) -> dict:
 
 
 def help_text(cls) -> str:
-    lines = [f"options of {cls.__name__} (--key=value):"]
+    lines = [f"options of {cls.__name__} (--key=value; preset files first, then flags, whatever their order).",
+             "A preset (config/*.py) is Python code, run as nanoGPT runs its configs: run only presets you trust."]
     for f in fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         lines.append(f"  --{f.name}={default!r}")

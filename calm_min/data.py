@@ -213,6 +213,9 @@ def prepare(dataset: str = 'sotu', tokenizer: str = 'bpe', vocab_size: int = 409
         tok = train_bpe(iter_documents(dataset, 'train'), vocab_size)
     else:
         tok = Tokenizer.from_config(tokenizer)
+    if tokenizer == 'bpe' and tok.vocab_size < vocab_size:
+        log(f"note: --vocab_size={vocab_size}, but the BPE trainer found only {tok.vocab_size} tokens worth "
+            f"merging in this corpus: the vocabulary has {tok.vocab_size}")
     tok.save(out / 'tokenizer.json')
     dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
     splits = {}

@@ -65,6 +65,16 @@ def test_preset_then_flag_order(tmp_path):
     p.write_text('n_layer = 5\nlr = 1  # an int for a float field\n')
     cfg = parse_args([str(p), '--n_layer=7'], TrainConfig)
     assert cfg.n_layer == 7 and cfg.lr == 1.0
+    # a flag before the preset still wins: presets first, then flags, whatever the order on the line
+    assert parse_args(['--n_layer=3', str(p)], TrainConfig).n_layer == 3
+
+
+def test_finite_numbers_and_ranges(tmp_path):
+    for flag, match in (('--lr=nan', 'finite'), ('--grad_clip=nan', 'finite'), ('--min_lr_ratio=inf', 'finite'),
+                        ('--beta2=1.0', r'\[0, 1\)'), ('--min_lr_ratio=2', r'\[0, 1\]'), ('--out_dir=', 'empty'),
+                        ('--kl_beta=-inf', 'finite'), ('--rope_theta=0', 'positive')):
+        with pytest.raises(ConfigError, match=match):
+            parse_args([flag], TrainConfig)
 
 
 def test_preset_errors(tmp_path):

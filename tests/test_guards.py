@@ -68,8 +68,9 @@ class Payload:
 def test_checkpoint_with_an_object_is_refused(tmp_path):
     p = tmp_path / 'obj.pt'
     torch.save({'format': 1, 'kind': 'gpt', 'model': {}, 'extra': Payload()}, p)
-    with pytest.raises(CheckpointError, match='could not be read'):
+    with pytest.raises(CheckpointError, match='would run code; refused') as e:
         load_checkpoint(p)
+    assert 'weights_only' not in str(e.value)                # never the hint to load it unsafely
 
 
 # -- 4. the splits -------------------------------------------------------------------------------

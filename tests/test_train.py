@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -100,3 +101,16 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path):
     r = subprocess.run([sys.executable, 'train.py', f'--dataset={tmp_path}/none.txt', '--tokenizer=bytes',
                         f'--out_dir={tmp_path}'], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and 'no such file or folder' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_resumed_log_has_no_duplicate_records(train_cfg):
+    """A run stopped after its step-3 checkpoint logged steps 4-6; resuming from step 3 replaces them."""
+    cfg = dataclasses.replace(train_cfg, model='gpt', max_iters=6, eval_interval=3)
+    train.main(cfg)
+    ck = load_checkpoint(cfg.ckpt_path)
+    ck['step'], ck['finished'] = 3, False                     # as if stopped right after the step-3 save
+    save_checkpoint(cfg.ckpt_path, ck)
+    train.main(dataclasses.replace(cfg, resume=True))
+    recs = [json.loads(l) for l in cfg.ckpt_path.with_suffix('.jsonl').read_text().splitlines()]
+    keys = [(r['kind'], r['iter']) for r in recs]
+    assert len(keys) == len(set(keys)) and ('train', 6) in keys
