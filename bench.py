@@ -112,6 +112,11 @@ def bench_generation(bench, cfg, device, gpt, calm):
     w = params_read_per_step(gpt, calm)
     res['params_read_per_step'] = w
     res['weight_bound_speedup'] = K * w['gpt'] / w['calm']
+    ctx = cfg.block_size // K * K                           # FLOPs per generated token at a full context
+    res['inference_flops_per_token'] = {'gpt': gpt.flops_per_token(ctx)['inference'],
+                                        'calm': calm.flops_per_token(ctx)['inference'],
+                                        'calm_parts': calm.flops_per_token(ctx)['inference_parts']}
+    res['calm_over_gpt_flops'] = res['inference_flops_per_token']['calm'] / res['inference_flops_per_token']['gpt']
     # where CALM's time goes: one generate() under the profiler, by the parts CALM.generate labels
     with amp, torch.profiler.profile() as prof:
         calm.generate(prompt, n, generator=torch.Generator(device=device).manual_seed(0))

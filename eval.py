@@ -134,7 +134,8 @@ def main(cfg: EvalConfig) -> dict:
     model, ckpt = load_model(cfg.ckpt, device=device)
     tc = ckpt['train_config']
     protocol = {'checkpoint': str(cfg.ckpt), 'kind': ckpt['kind'], 'checkpoint_sha256': file_sha256(cfg.ckpt),
-                'step': ckpt['step'], 'seed': cfg.seed, 'tokenizer': ckpt['tokenizer']['kind'],
+                'step': ckpt['step'], 'train_flops': ckpt.get('train_flops'), 'seed': cfg.seed,
+                'tokenizer': ckpt['tokenizer']['kind'],
                 'vocab_size': ckpt['tokenizer']['vocab_size']}
     if cfg.data:                                              # any text, with the checkpoint's own tokenizer
         tok = Tokenizer.from_str(ckpt['tokenizer_json'], ckpt['tokenizer']['kind'])

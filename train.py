@@ -291,6 +291,7 @@ def train(cfg: TrainConfig, corpus, dist: Dist) -> dict:
         state = {'kind': cfg.model, 'model_config': dataclasses.asdict(model.cfg),
                  'train_config': dataclasses.asdict(cfg), 'model': model.state_dict(),
                  'optimizer': optimizer.state_dict(), 'step': it, 'finished': it >= max_iters, 'rng_ranks': ranks,
+                 'train_flops': it * flops_per_step,
                  'tokenizer': tok.identity, 'tokenizer_json': tok.to_str(), 'evals': evals, **extra,
                  **({'hash': state_hash(model)} if is_ae else {})}
         save_checkpoint(path, state)
@@ -298,6 +299,8 @@ def train(cfg: TrainConfig, corpus, dist: Dist) -> dict:
             save_checkpoint(path.with_name(f'{cfg.model}_{it}.pt'), state)
         last_saved[0] = it
 
+    tokens_per_step = tokens_per_micro * cfg.grad_accum * dist.world
+    flops_per_step = 0.0 if is_ae else tokens_per_step * model.flops_per_token(cfg.block_size)['training']
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     dist.log(f"{cfg.model}: {n_params / 1e6:.2f}M trainable parameters on {device}, {max_iters} iterations, "
              f"{tokens_per_micro * cfg.grad_accum * dist.world:,} tokens per iteration")
@@ -364,7 +367,8 @@ def train(cfg: TrainConfig, corpus, dist: Dist) -> dict:
                 n_done = (it + 1 - start) % cfg.log_interval or cfg.log_interval
                 tps = tokens_per_micro * cfg.grad_accum * dist.world * n_done / dt
                 eta = (max_iters - it - 1) * dt / n_done
-                rec = {'kind': 'train', 'iter': it + 1, 'loss': total, 'lr': lr, 'tok_per_s': tps, 'eta_s': eta}
+                rec = {'kind': 'train', 'iter': it + 1, 'loss': total, 'lr': lr, 'tok_per_s': tps, 'eta_s': eta,
+                   'train_flops': (it + 1) * flops_per_step}
                 if isinstance(out, dict):
                     rec.update({k: v.item() for k, v in out.items() if v.dim() == 0})
                 record(rec)

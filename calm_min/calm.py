@@ -81,6 +81,14 @@ class CALM(nn.Module):
         input and each predicts the chunk after it."""
         return block_size // self.chunk_size * self.chunk_size
 
+    def flops_per_token(self, context: int) -> dict:
+        """Analytic FLOPs per token at `context` tokens of context (calm_min/flops.py): inference (one
+        head sample and the decoder per chunk) and training (N samples, the targets' encoder)."""
+        from .flops import calm_per_token
+        c = self.cfg
+        return calm_per_token(c.backbone, self.ae.cfg, context // self.chunk_size, c.head_blocks, c.noise_size,
+                              c.n_samples, c.n_targets, aux_ce=self.aux_head is not None)
+
     def chunks(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T) with T a multiple of K -> (B, T/K, K)."""
         K = self.chunk_size

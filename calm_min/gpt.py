@@ -45,6 +45,11 @@ class GPT(nn.Module):
         """Tokens per training example: block_size of input and the one token after it."""
         return block_size + 1
 
+    def flops_per_token(self, context: int) -> dict:
+        """Analytic FLOPs per token at `context` tokens of context (calm_min/flops.py)."""
+        from .flops import gpt_per_token
+        return gpt_per_token(self.cfg.backbone, self.cfg.vocab_size, context)
+
     def lm_head(self, h: torch.Tensor) -> torch.Tensor:
         return h @ self.tok_emb.weight.T                                     # (..., V), tied to the embedding
 

@@ -1,0 +1,55 @@
+"""calm_min/flops.py against torch's FlopCounterMode on small models: the analytic counts of matrix
+products must agree exactly (2 FLOPs per multiply-add). FlopCounterMode counts nothing for CPU's
+scaled_dot_product_attention kernel (torch 2.13), so the attention scores (4 T d per token and layer)
+are checked by formula only."""
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from calm_min import flops
+from calm_min.autoencoder import AEConfig, Autoencoder
+from calm_min.backbone import BackboneConfig
+from calm_min.calm import CALM, CALMConfig
+from calm_min.gpt import GPT, GPTConfig
+
+BB = BackboneConfig(n_layer=2, n_head=2, n_embd=64)
+
+
+def counted(fn) -> int:
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+@pytest.mark.parametrize('T', [8, 32])
+def test_gpt_forward(T):
+    model = GPT(GPTConfig(vocab_size=50, backbone=BB))
+    x = torch.randint(50, (1, T))
+    with torch.no_grad():
+        f = flops.gpt_forward(BB, 50, T)
+        assert counted(lambda: model(x)) == T * (sum(f.values()) - f['attention_scores'])
+    assert f['attention_scores'] == BB.n_layer * 4 * T * BB.n_embd
+
+
+@pytest.mark.parametrize('K,L,N', [(4, 6, 8), (2, 9, 3)])
+def test_calm_parts(K, L, N):
+    aec = AEConfig(vocab_size=40, chunk_size=K, latent_size=8, dim=32, hidden=64)
+    model = CALM(CALMConfig(backbone=BB, head_blocks=2, noise_size=16, n_samples=N), Autoencoder(aec)).eval()
+    x = torch.randint(40, (1, L, K))
+    with torch.no_grad():
+        h = model.hidden(x)
+        parts = flops.calm_forward(BB, aec, L, head_blocks=2, noise_size=16, n_samples=N)
+        assert counted(lambda: model.hidden(x)) == L * (parts['compress'] + parts['attention_proj'] + parts['mlp'])
+        assert counted(lambda: model.head(h, N)) == L * parts['energy_head']
+        assert counted(lambda: model.ae.decode(torch.randn(1, 8))) == flops.ae_decoder(aec)
+        assert counted(lambda: model.ae.encode(x[0, :1])) == flops.ae_encoder(aec)
+
+
+def test_per_token_figures_add_up():
+    aec = AEConfig(vocab_size=1024, chunk_size=4, latent_size=128, dim=256, hidden=512)
+    bb = BackboneConfig(n_layer=4, n_head=4, n_embd=256)
+    c = flops.calm_per_token(bb, aec, context=64, head_blocks=2)
+    g = flops.gpt_per_token(bb, 1024, context=256)
+    assert c['inference'] == pytest.approx(sum(c['inference_parts'].values()))
+    assert c['training'] == pytest.approx(sum(c['training_parts'].values()))
+    assert g['training'] == 3 * g['inference'] > 0
