@@ -11,7 +11,7 @@ K, l and the vocabulary are the autoencoder's: CALM reads them from it, so they 
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -37,13 +37,14 @@ class CALMConfig:
     n_samples: int = 8           # N
     n_targets: int = 100         # M
     alpha: float = 1.0
-    # extensions beyond the paper (README, "Making CALM learn at small scale"); 0 / 1 give the paper's method
+    # extension beyond the paper (README, "Making CALM learn at small scale"); 0 gives the paper's method
     aux_ce: float = 0.0          # weight of an auxiliary next-chunk token cross-entropy on h (training only)
-    target_noise: float = 1.0    # scale of the posterior std of the target draws
 
     @staticmethod
     def from_dict(d: dict) -> 'CALMConfig':
-        d = {k: v for k, v in d.items() if k not in ('vocab_size', 'chunk_size', 'latent_size')}  # older files
+        # older files also hold K, l, V (now the AE's) and training-only settings of removed experiments
+        known = {f.name for f in dataclasses.fields(CALMConfig)}
+        d = {k: v for k, v in d.items() if k in known}
         return CALMConfig(**{**d, 'backbone': BackboneConfig(**d['backbone'])})
 
 
@@ -112,8 +113,7 @@ class CALM(nn.Module):
     def target_latents(self, chunks: torch.Tensor, generator: torch.Generator | None = None):
         """Target chunks (..., K) -> (M draws from their posterior (M, ..., l), the posterior mean mu)."""
         mu, log_sigma = self.ae.encode(chunks)                                # (..., l)
-        log_sigma = log_sigma.float() + math.log(self.cfg.target_noise)      # + 0 for the paper's targets
-        return self.ae.sample_latent(mu.float(), log_sigma, self.cfg.n_targets, generator), mu
+        return self.ae.sample_latent(mu.float(), log_sigma.float(), self.cfg.n_targets, generator), mu
 
     def energy(self, h: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
         """Hidden states h (..., d) and target draws y (M, ..., l) -> (energy loss per position (...),

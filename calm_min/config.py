@@ -168,7 +168,7 @@ class TrainConfig:
     keep_checkpoints: bool = False     # also keep {out_dir}/{model}_{step}.pt at every evaluation
     seed: int = 1337
     device: str = 'auto'               # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
-    dtype: str = 'auto'                # auto (bf16 autocast where supported), float32, bfloat16
+    dtype: str = 'auto'                # auto (bf16 autocast on CUDA and on CPUs with hardware bf16), float32, bfloat16
     compile: str = 'auto'              # auto (on for CUDA, off on CPU), true, false
     # data
     dataset: str = 'sotu'              # 'sotu' (bundled) or a .txt file, a folder of .txt, a .jsonl
@@ -202,9 +202,8 @@ class TrainConfig:
     n_samples: int = 8                 # N model samples per position
     n_targets: int = 100               # M posterior draws per position
     alpha: float = 1.0
-    # extensions beyond the paper (README, "Making CALM learn at small scale"); the defaults are the paper's
+    # extension beyond the paper (README, "Making CALM learn at small scale"); the default is the paper's
     aux_ce: float = 0.0                # weight of an auxiliary next-chunk token cross-entropy on h; 0: off
-    target_noise: float = 1.0          # scale of the targets' posterior std; 1: the paper's targets
     # optimisation
     batch_size: int = 16               # sequences per micro-step
     grad_accum: int = 1
@@ -251,8 +250,6 @@ class TrainConfig:
                               f"samples), got {self.n_samples}")
         if self.aux_ce < 0:
             raise ConfigError(f"--aux_ce must be >= 0 (0 turns the auxiliary loss off), got {self.aux_ce}")
-        if not (self.target_noise > 0):
-            raise ConfigError(f"--target_noise must be > 0 (1 is the paper's targets), got {self.target_noise}")
         if not (0 < self.alpha <= 2):
             raise ConfigError(f"--alpha must be in (0, 2], got {self.alpha}")
         need = (1 + -(-4 // self.chunk_size)) * self.chunk_size   # a chunk of context + whole chunks holding 4 tokens
@@ -287,7 +284,7 @@ class TrainConfig:
         """K, l and the vocabulary are not here: CALM takes them from its autoencoder."""
         return CALMConfig(backbone=self.backbone_config(), head_blocks=self.head_blocks,
                           noise_size=self.noise_size, n_samples=self.n_samples, n_targets=self.n_targets,
-                          alpha=self.alpha, aux_ce=self.aux_ce, target_noise=self.target_noise)
+                          alpha=self.alpha, aux_ce=self.aux_ce)
 
     @property
     def ckpt_path(self) -> Path:

@@ -20,3 +20,4 @@ ae_batch_size = 64
 head_blocks = 2
 noise_size = 16
 n_targets = 16
+dtype = 'float32'          # tests run in float32 on every CPU ('auto' would pick bf16 where the CPU has it)

@@ -35,3 +35,4 @@ log_interval = 50
 brier_blocks = 8
 num_samples = 2
 sample_tokens = 64
+dtype = 'float32'          # the recorded figures were made in float32 ('auto' picks bf16 on CPUs with hardware bf16)

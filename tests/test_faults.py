@@ -155,7 +155,7 @@ def test_a_corpus_shorter_than_a_window_fails_before_any_training(train_cfg):
 BAD_VALUES = ['nan', 'inf', '-inf', '0', '-1', '1e-300', '1e300', 'abc', '', '-0.5']
 TRAIN_KEYS = ['lr', 'ae_lr', 'min_lr_ratio', 'weight_decay', 'grad_clip', 'rope_theta', 'kl_clip', 'kl_beta',
               'beta1', 'beta2', 'batch_size', 'block_size', 'n_layer', 'chunk_size', 'device', 'dtype', 'out_dir',
-              'max_iters', 'warmup_iters', 'aux_ce', 'target_noise', 'alpha', 'n_samples']
+              'max_iters', 'warmup_iters', 'aux_ce', 'alpha', 'n_samples']
 EVAL_KEYS = ['context', 'bootstrap', 'max_blocks', 'batch_size', 'device', 'split', 'out', 'data']
 SAMPLE_KEYS = ['temperature', 'top_k', 'num_candidates', 'max_draws', 'max_new_tokens', 'device', 'sampler']
 

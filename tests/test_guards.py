@@ -13,7 +13,7 @@ import torch
 import train
 from calm_min.backbone import BackboneConfig
 from calm_min.brierlm import estimate
-from calm_min.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from calm_min.checkpoint import CheckpointError, load_checkpoint, load_model
 from calm_min.data import Corpus, prepare
 from calm_min.device import autocast
 from calm_min.gpt import GPT, GPTConfig
