@@ -31,10 +31,10 @@ n_targets = 100
 aux_ce = 1.0
 # optimisation
 batch_size = 16
-max_iters = 4000
+max_iters = 3200
 lr = 1e-3
 warmup_iters = 50
-eval_interval = 1000
+eval_interval = 800
 eval_iters = 10
 log_interval = 50
 brier_blocks = 8

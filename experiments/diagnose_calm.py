@@ -150,7 +150,7 @@ def chunk_keys(chunks: torch.Tensor, vocab_size: int) -> torch.Tensor:
 @torch.no_grad()
 def head_report(model, h: torch.Tensor, nxt: torch.Tensor, bank: torch.Tensor, known: set,
                 g: torch.Generator) -> dict:
-    N, M = model.cfg.n_samples, model.cfg.n_targets
+    N = model.cfg.n_samples
     y, _ = model.target_latents(nxt, g)                                      # (M, P, l)
     x = model.head(h, N, g).float()                                           # (N, P, l)
     out = energy_terms(x, y)
@@ -207,7 +207,7 @@ def main(cfg: Config) -> dict:
     # 3. a linear probe: hidden state -> the next chunk's first token
     with torch.enable_grad():
         probe = train_probe(h_tr.cpu(), nxt_tr[:, 0].cpu(), V, cfg.probe_steps, seed=cfg.seed)
-    probe_rep = brier1_of_probs(F.softmax(probe(h_val.cpu()), -1), nxt_val[:, 0].cpu())
+    probe_rep = brier1_of_probs(F.softmax(probe(h_val.cpu()), -1).detach(), nxt_val[:, 0].cpu())
     unigram = torch.bincount(nxt_tr[:, 0].cpu(), minlength=V).double()
     uni_rep = brier1_of_probs((unigram / unigram.sum()).expand(P, -1), nxt_val[:, 0].cpu())
     probe_all = {'probe': probe_rep, 'unigram': uni_rep, 'train_positions': len(h_tr)}

@@ -5,9 +5,9 @@ at small scale" plot), from the logs train.py writes.
 
 For each run folder, the {model}.jsonl log gives the validation BrierLM measured during training
 (`--brier_blocks` blocks, a quick estimate) at every evaluation, and the training throughput logged
-every `--log_interval` steps. Training time at step i is i times the median seconds per step of the
-run: the time the run takes on an otherwise idle machine (shared machines slow some intervals down,
-and the median ignores them). The final point is the full evaluation of eval.py when the folder holds
+every `--log_interval` steps. Training time at step i is i times the seconds per step at the run's
+90th-percentile throughput: the time the run takes on an otherwise idle machine (a shared machine
+slows some intervals down, some by 10x; the fast intervals are the idle ones). The final point is the full evaluation of eval.py when the folder holds
 its JSON as eval_val.json.
 """
 from __future__ import annotations
@@ -42,7 +42,8 @@ def curve(folder: Path) -> dict:
         raise ConfigError(f"{folder} holds no calm.jsonl or gpt.jsonl")
     recs = [json.loads(line) for line in logs[0].read_text().splitlines() if line.strip()]
     train = [r for r in recs if r['kind'] == 'train']
-    sec_per_step = statistics.median(1 / r['tok_per_s'] for r in train) * _tokens_per_step(folder, logs[0].stem)
+    fast = statistics.quantiles([r['tok_per_s'] for r in train], n=10)[-1]   # 90th percentile of throughput
+    sec_per_step = _tokens_per_step(folder, logs[0].stem) / fast
     points = [(r['iter'] * sec_per_step, r['val_brierlm']) for r in recs if r['kind'] == 'eval' and 'val_brierlm' in r]
     final = None
     if (folder / 'eval_val.json').is_file():
