@@ -21,7 +21,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -88,13 +87,13 @@ def check_resume(cfg: TrainConfig, ckpt: dict):
 
 
 def check_writable(folder: Path, flag: str):
-    """Create `folder` and write a probe file in it, or a ConfigError naming the flag."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise ConfigError(f"--{flag}={folder} is not a writable folder ({e.strerror}): choose another") from None
+    """`folder` exists and is writable, or can be created (its nearest existing parent is a writable
+    folder); else a ConfigError naming the flag. Nothing is created here."""
+    p = Path(folder).resolve()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(f"--{flag}={folder} cannot be written ({p} is not a writable folder): choose another")
 
 
 def check_output(cfg: TrainConfig):

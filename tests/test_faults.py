@@ -170,18 +170,27 @@ def test_fuzzed_flags_give_one_error_line_and_touch_nothing(script, data, train_
     flags = [f'--{k}={v}' for k, v in data.draw(st.dictionaries(st.sampled_from(keys), st.sampled_from(BAD_VALUES),
                                                                min_size=1, max_size=3)).items()]
     before = {p: p.stat().st_mtime_ns for p in out_dir.rglob('*')}
-    if script == 'train':
-        argv = [str(ROOT / 'config' / 'test.py'), *ckpts['train_flags'], '--model=gpt', '--max_iters=2', *flags]
-        rc = train.cli(argv)
-    elif script == 'eval':
-        rc = evaluate.cli([f'--ckpt={ckpts["gpt"]}', '--max_blocks=2', '--bootstrap=5', *flags])
-    else:
-        rc = sample.cli([f'--ckpt={ckpts["calm"]}', '--max_new_tokens=4', *flags])
+    cwd = os.getcwd()
+    os.chdir(out_dir / 'cwd')                                 # a relative --out_dir=abc lands here, not in the repo
+    try:
+        rc = run_script(script, flags, ckpts)
+    finally:
+        os.chdir(cwd)
     err = capsys.readouterr().err
     assert rc in (0, 1) and 'Traceback' not in err
     if rc == 1:
         assert err.strip().startswith('error: ') and len(err.strip().splitlines()) == 1
-        assert {p: p.stat().st_mtime_ns for p in out_dir.rglob('*')} == before
+        if 'non-finite' not in err:                           # a diverged run keeps its log; bad input leaves nothing
+            assert {p: p.stat().st_mtime_ns for p in out_dir.rglob('*')} == before
+
+
+def run_script(script, flags, ckpts) -> int:
+    if script == 'train':
+        argv = [str(ROOT / 'config' / 'test.py'), *ckpts['train_flags'], '--model=gpt', '--max_iters=2', *flags]
+        return train.cli(argv)
+    if script == 'eval':
+        return evaluate.cli([f'--ckpt={ckpts["gpt"]}', '--max_blocks=2', '--bootstrap=5', *flags])
+    return sample.cli([f'--ckpt={ckpts["calm"]}', '--max_new_tokens=4', *flags])
 
 
 @pytest.fixture(scope='module')
@@ -189,9 +198,18 @@ def train_cfg_fuzz(tmp_path_factory, corpus_jsonl, data_dir):
     """A trained GPT and CALM to evaluate and sample from; training runs go to a separate folder."""
     from calm_min.config import TrainConfig, parse_args
     out = tmp_path_factory.mktemp('fuzz')
+    (out / 'cwd').mkdir()
     flags = [f'--dataset={corpus_jsonl}', '--tokenizer=bytes', f'--data_dir={data_dir}', '--device=cpu',
              f'--out_dir={out / "runs"}', '--overwrite=true']
     cfg = parse_args([str(ROOT / 'config' / 'test.py'), *flags[:-2], f'--out_dir={out / "ckpt"}'], TrainConfig)
     train.main(dataclasses.replace(cfg, model='gpt'))
     train.main(dataclasses.replace(cfg, model='calm'))
     return out, {'gpt': str(out / 'ckpt' / 'gpt.pt'), 'calm': str(out / 'ckpt' / 'calm.pt'), 'train_flags': flags}
+
+
+def test_unwritable_outputs_fail_before_any_work(train_cfg, tmp_path):
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('x')
+    with pytest.raises(ConfigError, match='cannot be written'):
+        train.main(dataclasses.replace(train_cfg, model='gpt', out_dir=str(blocker / 'run')))
+    assert evaluate.cli(['--ckpt=missing.pt', f'--out={blocker}/r.json']) == 1
