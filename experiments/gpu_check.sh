@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check, for a session that is lent a CUDA machine (aimed at under 10 minutes on one
-# H200): the CUDA paths (torch.compile, bf16 autocast, SDPA/FlashAttention) run end to end, and
+# A GPU check in one script (aimed at under 10 minutes on one H100/H200-class card): the CUDA paths (torch.compile, bf16 autocast, SDPA/FlashAttention) run end to end, and
 # their figures go to five files in $OUT. It uses the machine's own torch (no install; it needs
 # tokenizers, numpy, pytest and hypothesis there):
 #
