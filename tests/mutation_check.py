@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 M = [
- ('1 targets = mu', 'calm_min/calm.py', "return self.ae.sample_latent(mu.float(), log_sigma, self.cfg.n_targets, generator), mu", "return mu.float().expand(self.cfg.n_targets, *mu.shape), mu"),
+ ('1 targets = mu', 'calm_min/calm.py', "return self.ae.sample_latent(mu.float(), log_sigma.float(), self.cfg.n_targets, generator), mu", "return mu.float().expand(self.cfg.n_targets, *mu.shape), mu"),
  ('1b sample_latent = mu', 'calm_min/autoencoder.py', "return mu + log_sigma.exp() * eps", "return mu + 0 * eps"),
  ('2 gpt ignores T', 'calm_min/gpt.py', "T, k = sampler.temperature, sampler.top_k", "T, k = 1.0, sampler.top_k"),
  ('3 weights_only=False', 'calm_min/checkpoint.py', "weights_only=True", "weights_only=False"),

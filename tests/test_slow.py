@@ -68,3 +68,12 @@ def test_calm_uses_more_than_the_last_chunk():
     assert acc > 0.9
     e = evaluate.eval_context(model, held_out, EvalConfig(batch_size=16))
     assert e['energy_loss_full_context'] < e['energy_loss_last_chunk_only'] < e['energy_loss_other_context']
+
+
+@pytest.mark.slow
+def test_every_planted_bug_is_caught():
+    """tests/mutation_check.py plants nine bugs one at a time (restoring the code after each) and
+    exits non-zero if the targeted tests miss any."""
+    r = subprocess.run([sys.executable, str(ROOT / 'tests' / 'mutation_check.py')], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and r.stdout.count('CAUGHT') == 9, r.stdout + r.stderr
