@@ -170,12 +170,16 @@ def main(cfg: EvalConfig) -> dict:
                          'context_positions': cfg.context // model.tokens_per_step,
                          'blocks': len(blocks), 'ngram_starts': f'every {K} tokens from token {K}'})
         result = eval_lm(model, blocks, cfg, bytes_per_token)
-    report = {'protocol': protocol, 'results': result}
+    return print_report({'protocol': protocol, 'results': result}, cfg.out)
+
+
+def print_report(report: dict, out: str = '') -> dict:
+    """Print a JSON report and, with `out`, also write it there."""
     text = json.dumps(report, indent=1)
     print(text)
-    if cfg.out:
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(text + '\n')
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + '\n')
     return report
 
 

@@ -212,7 +212,10 @@ def prepare(dataset: str = 'sotu', tokenizer: str = 'bpe', vocab_size: int = 409
     if tokenizer == 'bpe':
         tok = train_bpe(iter_documents(dataset, 'train'), vocab_size)
     else:
-        tok = Tokenizer.from_config(tokenizer)
+        try:
+            tok = Tokenizer.from_config(tokenizer)
+        except (ValueError, OSError) as e:
+            raise DataError(f"--tokenizer={tokenizer}: {e}") from None
     if tokenizer == 'bpe' and tok.vocab_size < vocab_size:
         log(f"note: --vocab_size={vocab_size}, but the BPE trainer found only {tok.vocab_size} tokens worth "
             f"merging in this corpus: the vocabulary has {tok.vocab_size}")

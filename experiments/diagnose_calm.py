@@ -23,7 +23,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from calm_min.checkpoint import CheckpointError, load_model  # noqa: E402
 from calm_min.config import ConfigError, parse_args  # noqa: E402
 from calm_min.data import DataError, eval_blocks, load_corpus  # noqa: E402
 from calm_min.device import pick_device  # noqa: E402
+from eval import print_report  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -212,14 +212,8 @@ def main(cfg: Config) -> dict:
     uni_rep = brier1_of_probs((unigram / unigram.sum()).expand(P, -1), nxt_val[:, 0].cpu())
     probe_all = {'probe': probe_rep, 'unigram': uni_rep, 'train_positions': len(h_tr)}
 
-    report = {'checkpoint': cfg.ckpt, 'chunk_size': K, 'context_tokens': C,
-              'headroom_E_dist': headroom, 'model': model_rep, 'linear_probe_first_token': probe_all}
-    text = json.dumps(report, indent=1)
-    print(text)
-    if cfg.out:
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(text + '\n')
-    return report
+    return print_report({'checkpoint': cfg.ckpt, 'chunk_size': K, 'context_tokens': C, 'headroom_E_dist': headroom,
+                         'model': model_rep, 'linear_probe_first_token': probe_all}, cfg.out)
 
 
 if __name__ == '__main__':

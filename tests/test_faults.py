@@ -213,3 +213,19 @@ def test_unwritable_outputs_fail_before_any_work(train_cfg, tmp_path):
     with pytest.raises(ConfigError, match='cannot be written'):
         train.main(dataclasses.replace(train_cfg, model='gpt', out_dir=str(blocker / 'run')))
     assert evaluate.cli(['--ckpt=missing.pt', f'--out={blocker}/r.json']) == 1
+
+
+def test_bad_tokenizer_file_and_damaged_checkpoint_give_one_line(train_cfg, tmp_path, capsys):
+    bad = tmp_path / 'tok.json'
+    bad.write_text('{"not": "a tokenizer"}')
+    argv = [str(ROOT / 'config' / 'test.py'), f'--dataset={train_cfg.dataset}', f'--tokenizer={bad}',
+            f'--data_dir={tmp_path / "d"}', f'--out_dir={tmp_path / "o"}', '--model=gpt']
+    assert train.cli(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: --tokenizer=') and 'Traceback' not in err
+    res = train.main(dataclasses.replace(train_cfg, model='gpt'))
+    ck = torch.load(res['ckpt'], weights_only=True)
+    del ck['model_config']
+    torch.save(ck, tmp_path / 'damaged.pt')
+    assert sample.cli([f'--ckpt={tmp_path / "damaged.pt"}', '--device=cpu']) == 1
+    assert 'recorded config is missing or damaged' in capsys.readouterr().err
