@@ -14,6 +14,7 @@ generation: CALM (K tokens per backbone step) vs the baseline of the same backbo
 training:   tokens of text per second of a full training step (forward, backward, AdamW) for both,
   through torch.compile as train.py does (--compile: auto = on for CUDA); the first, untimed step
   compiles.
+flops:      analytic FLOPs per token, inference and training, by part (calm_min/flops.py).
 memory:     peak memory of energy_loss (forward + backward) at N samples, M targets, P positions,
   against a naive version that materialises the (N, M, P, l) difference tensor. On CPU each
   variant runs in a fresh subprocess and the figure is its peak resident memory (VmHWM, reset just
@@ -39,7 +40,7 @@ from train import build_model, make_optimizer
 @dataclass
 class BenchConfig:
     """The benchmark's own options; the model sizes come from a training preset and its flags."""
-    what: str = 'all'              # all, generation, training, memory
+    what: str = 'all'              # all, generation, training, memory, flops
     gen_batch: int = 1             # sequences generated at once
     gen_tokens: int = 256          # new tokens per sequence
     train_steps: int = 10
@@ -48,8 +49,8 @@ class BenchConfig:
     repeats: int = 3
 
     def validate(self):
-        if self.what not in ('all', 'generation', 'training', 'memory'):
-            raise ConfigError(f"--what must be all, generation, training or memory; got {self.what!r}")
+        if self.what not in ('all', 'generation', 'training', 'memory', 'flops'):
+            raise ConfigError(f"--what must be all, generation, training, memory or flops; got {self.what!r}")
         for name in ('gen_batch', 'gen_tokens', 'train_steps', 'positions', 'repeats'):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
@@ -112,20 +113,37 @@ def bench_generation(bench, cfg, device, gpt, calm):
     w = params_read_per_step(gpt, calm)
     res['params_read_per_step'] = w
     res['weight_bound_speedup'] = K * w['gpt'] / w['calm']
-    ctx = cfg.block_size // K * K                           # FLOPs per generated token at a full context
-    res['inference_flops_per_token'] = {'gpt': gpt.flops_per_token(ctx)['inference'],
-                                        'calm': calm.flops_per_token(ctx)['inference'],
-                                        'calm_parts': calm.flops_per_token(ctx)['inference_parts']}
-    res['calm_over_gpt_flops'] = res['inference_flops_per_token']['calm'] / res['inference_flops_per_token']['gpt']
-    # where CALM's time goes: one generate() under the profiler, by the parts CALM.generate labels
-    with amp, torch.profiler.profile() as prof:
-        calm.generate(prompt, n, generator=torch.Generator(device=device).manual_seed(0))
-    times = {e.key: (e.device_time_total if device.type == 'cuda' else e.cpu_time_total)
-             for e in prof.key_averages() if e.key.startswith('calm.')}
-    parts = {k: times.get(f'calm.{k}', 0.0) for k in ('backbone', 'head', 'decoder')}
-    total = sum(parts.values()) or 1.0
+    # where CALM's time goes: one generate() with a timer around each part it calls (instance wrappers,
+    # removed afterwards; the model's own loop runs unchanged)
+    parts = {'backbone': 0.0, 'head': 0.0, 'decoder': 0.0}
+
+    def timed(part, f):
+        def wrapper(*a, **k):
+            sync(device)
+            t0 = time.perf_counter()
+            out = f(*a, **k)
+            sync(device)
+            parts[part] += time.perf_counter() - t0
+            return out
+        return wrapper
+    calm.hidden, calm.head.forward, calm.ae.decode = (timed('backbone', calm.hidden), timed('head', calm.head.forward),
+                                                      timed('decoder', calm.ae.decode))
+    try:
+        with amp:
+            calm.generate(prompt, n, generator=torch.Generator(device=device).manual_seed(0))
+    finally:
+        del calm.hidden, calm.head.forward, calm.ae.decode
+    total = sum(parts.values())
     res['calm_time_share'] = {k: round(v / total, 3) for k, v in parts.items()}
     return res
+
+
+def bench_flops(cfg, gpt, calm) -> dict:
+    """Analytic FLOPs per token at a full context (calm_min/flops.py): inference and training, by part."""
+    ctx = cfg.block_size // cfg.chunk_size * cfg.chunk_size
+    g, c = gpt.flops_per_token(ctx), calm.flops_per_token(ctx)
+    return {'context_tokens': ctx, 'gpt': g, 'calm': c, 'calm_over_gpt_inference': c['inference'] / g['inference'],
+            'calm_over_gpt_training': c['training'] / g['training']}
 
 
 def bench_training(bench, cfg, device, gpt, calm):
@@ -234,6 +252,8 @@ def main(bench: BenchConfig, cfg: TrainConfig, argv=()) -> dict:
     if bench.what in ('all', 'generation'):
         report['generation'] = bench_generation(bench, cfg, device, gpt, calm)
         report['generation'].update(batch=bench.gen_batch, new_tokens=bench.gen_tokens)
+    if bench.what in ('all', 'flops'):
+        report['flops'] = bench_flops(cfg, gpt, calm)
     if bench.what in ('all', 'training'):
         report['training'] = bench_training(bench, cfg, device, gpt, calm)
     if bench.what in ('all', 'memory'):

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from calm_min.brierlm import evaluate_brier
-from calm_min.checkpoint import CheckpointError, load_model
-from calm_min.config import ConfigError, EvalConfig, parse_args
+from calm_min.checkpoint import CheckpointError, check_tokenizer, load_model
+from calm_min.config import ConfigError, EvalConfig, run_cli
 from calm_min.data import ChunkIndex, DataError, eval_blocks, load_corpus, tokenize_text
 from calm_min.device import pick_device
 from calm_min.tokenizer import Tokenizer
@@ -145,9 +145,7 @@ def main(cfg: EvalConfig) -> dict:
                          'data_tokens': len(tokens)})
     else:                                                     # a split of the training corpus
         corpus = load_corpus(tc['dataset'], tc['tokenizer'], tc['vocab_size'], tc['data_dir'], verbose=False)
-        if corpus.tokenizer.identity != ckpt['tokenizer']:
-            raise CheckpointError(f"{cfg.ckpt} was trained with tokenizer {ckpt['tokenizer']} but the prepared data "
-                                  f"in {corpus.folder} uses {corpus.tokenizer.identity}")
+        check_tokenizer(ckpt, corpus.tokenizer.identity, cfg.ckpt)
         tokens, doc_starts = corpus.tokens(cfg.split), corpus.doc_starts(cfg.split)
         eot_id, bytes_per_token = corpus.tokenizer.eot_id, corpus.bytes_per_token(cfg.split)
         protocol.update({'dataset': tc['dataset'], 'split': cfg.split})
@@ -184,13 +182,7 @@ def print_report(report: dict, out: str = '') -> dict:
 
 
 def cli(argv: list[str]) -> int:
-    """The command line: 0 on success, else one `error: ...` line on stderr and 1 (never a traceback)."""
-    try:
-        main(parse_args(argv, EvalConfig))
-    except (ConfigError, DataError, CheckpointError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(main, EvalConfig, argv, (ConfigError, DataError, CheckpointError, OSError, ValueError))
 
 
 if __name__ == '__main__':

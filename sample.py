@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from calm_min.checkpoint import CheckpointError, load_model
-from calm_min.config import ConfigError, SampleConfig, parse_args
+from calm_min.config import ConfigError, SampleConfig, run_cli
 from calm_min.device import pick_device
 from calm_min.sampling import SamplingBudgetExceeded
 from calm_min.tokenizer import Tokenizer
@@ -54,13 +54,7 @@ def main(cfg: SampleConfig) -> list[str]:
 
 
 def cli(argv: list[str]) -> int:
-    """The command line: 0 on success, else one `error: ...` line on stderr and 1 (never a traceback)."""
-    try:
-        main(parse_args(argv, SampleConfig))
-    except (ConfigError, CheckpointError, SamplingBudgetExceeded, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(main, SampleConfig, argv, (ConfigError, CheckpointError, SamplingBudgetExceeded, OSError, ValueError))
 
 
 if __name__ == '__main__':

@@ -32,7 +32,7 @@ from calm_min.brierlm import evaluate_brier
 from calm_min.calm import CALM
 from calm_min.checkpoint import (CheckpointError, load_autoencoder, load_checkpoint, save_checkpoint,
                                  state_hash)
-from calm_min.config import ConfigError, TrainConfig, parse_args
+from calm_min.config import ConfigError, TrainConfig, run_cli
 from calm_min.data import ChunkIndex, DataError, eval_blocks, lm_batch, load_corpus
 from calm_min.device import autocast, pick_device, use_compile
 from calm_min.gpt import GPT
@@ -403,13 +403,7 @@ def show_samples(model, tok, cfg: TrainConfig, device):
 
 
 def cli(argv: list[str]) -> int:
-    """The command line: 0 on success, else one `error: ...` line on stderr and 1 (never a traceback)."""
-    try:
-        main(parse_args(argv, TrainConfig))
-    except (ConfigError, DataError, CheckpointError, TrainingDiverged, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(main, TrainConfig, argv, (ConfigError, DataError, CheckpointError, TrainingDiverged, OSError))
 
 
 if __name__ == '__main__':

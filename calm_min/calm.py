@@ -18,15 +18,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
-from torch.profiler import record_function
 
 from .autoencoder import Autoencoder
 from .backbone import Backbone, BackboneConfig, TreeRollout, init_weights
+from .brierlm import NGRAM
 from .energy_head import EnergyHead, energy_loss
+from .flops import calm_per_token
 from .sampling import (Sampler, batch_temperature_sample, check_temperature, exact_temperature_sample,
                        inverse_integer)
 
-NGRAM = 4   # BrierLM scores continuations of 4 tokens
 
 
 @dataclass
@@ -85,7 +85,6 @@ class CALM(nn.Module):
     def flops_per_token(self, context: int) -> dict:
         """Analytic FLOPs per token at `context` tokens of context (calm_min/flops.py): inference (one
         head sample and the decoder per chunk) and training (N samples, the targets' encoder)."""
-        from .flops import calm_per_token
         c = self.cfg
         return calm_per_token(c.backbone, self.ae.cfg, context // self.chunk_size, c.head_blocks, c.noise_size,
                               c.n_samples, c.n_targets, aux_ce=self.aux_head is not None)
@@ -165,10 +164,7 @@ class CALM(nn.Module):
         ('exact') over decoded head samples."""
         T = sampler.temperature
         if T == 1.0:
-            with record_function('calm.head'):
-                z = self.head(h, n, generator)                                # (n, ..., l)
-            with record_function('calm.decoder'):
-                return self.ae.decode(z)                                      # (n, ..., K)
+            return self.ae.decode(self.head(h, n, generator))                 # (n, ..., K)
         check_temperature(T)
         flat = h.reshape(-1, h.shape[-1])                                     # (R, d)
         out = []
@@ -205,8 +201,7 @@ class CALM(nn.Module):
             cache = self.backbone.make_cache(x.shape[0], x.shape[1] + n_steps, x.device, self.tok_emb.weight.dtype)
             step_in = x
             for _ in range(n_steps):
-                with record_function('calm.backbone'):
-                    h = self.hidden(step_in, cache)[:, -1]                    # (B, d)
+                h = self.hidden(step_in, cache)[:, -1]                        # (B, d)
                 step_in = self.sample_chunks(h, 1, sampler, generator)[0][:, None]  # (B, 1, K)
                 new.append(step_in)
         else:

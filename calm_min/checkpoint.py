@@ -67,11 +67,17 @@ def load_checkpoint(path, kinds: tuple[str, ...] = KINDS, tokenizer: dict | None
     if ckpt['kind'] not in kinds:
         raise CheckpointError(f"{path} is a '{ckpt['kind']}' checkpoint, but a "
                               f"{' or '.join(repr(k) for k in kinds)} checkpoint is needed here")
-    if tokenizer is not None and ckpt.get('tokenizer') != tokenizer:
+    if tokenizer is not None:
+        check_tokenizer(ckpt, tokenizer, path)
+    return ckpt
+
+
+def check_tokenizer(ckpt: dict, tokenizer: dict, path):
+    """Refuse a checkpoint trained with another tokenizer than the data's (identity dicts)."""
+    if ckpt.get('tokenizer') != tokenizer:
         raise CheckpointError(f"{path} was trained with tokenizer {ckpt.get('tokenizer')} but the data uses "
                               f"{tokenizer}: train on this data (python train.py --model={ckpt['kind']}) or use "
                               f"the matching --dataset/--tokenizer")
-    return ckpt
 
 
 def model_from_checkpoint(ckpt: dict, path='checkpoint'):

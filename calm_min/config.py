@@ -14,6 +14,7 @@ import difflib
 from dataclasses import dataclass, fields
 from pathlib import Path
 import math
+import sys
 from typing import get_type_hints
 
 from .autoencoder import AEConfig
@@ -96,6 +97,17 @@ def parse_args(argv: list[str], cls):
     cfg = cls(**values)
     cfg.validate()
     return cfg
+
+
+def run_cli(main, cls, argv: list[str], errors: tuple) -> int:
+    """A script's command line: parse argv into `cls` and call main. The errors a user can fix become
+    one `error: ...` line on stderr and exit code 1, never a traceback; success is 0."""
+    try:
+        main(parse_args(argv, cls))
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def load_preset(path: str, cls) -> dict:

@@ -74,3 +74,4 @@ def calm_per_token(bb: BackboneConfig, ae: AEConfig, context: int, head_blocks: 
 def gpt_per_token(bb: BackboneConfig, vocab_size: int, context: int) -> dict:
     fwd = gpt_forward(bb, vocab_size, context)
     return {'inference': sum(fwd.values()), 'inference_parts': fwd, 'training': 3 * sum(fwd.values())}
+

@@ -14,9 +14,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbone import Backbone, BackboneConfig, TreeRollout, init_weights
+from .brierlm import NGRAM
+from .flops import gpt_per_token
 from .sampling import Sampler, sample_logits
-
-NGRAM = 4   # BrierLM scores continuations of 4 tokens
 
 
 @dataclass
@@ -47,7 +47,6 @@ class GPT(nn.Module):
 
     def flops_per_token(self, context: int) -> dict:
         """Analytic FLOPs per token at `context` tokens of context (calm_min/flops.py)."""
-        from .flops import gpt_per_token
         return gpt_per_token(self.cfg.backbone, self.cfg.vocab_size, context)
 
     def lm_head(self, h: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from calm_min.checkpoint import CheckpointError, load_model  # noqa: E402
+from calm_min.checkpoint import CheckpointError, check_tokenizer, load_model  # noqa: E402
 from calm_min.config import ConfigError, parse_args  # noqa: E402
 from calm_min.data import DataError, eval_blocks, load_corpus  # noqa: E402
 from calm_min.device import pick_device  # noqa: E402
@@ -167,8 +167,7 @@ def main(cfg: Config) -> dict:
     model, ckpt = load_model(cfg.ckpt, ('calm',), device)
     tc = ckpt['train_config']
     corpus = load_corpus(tc['dataset'], tc['tokenizer'], tc['vocab_size'], tc['data_dir'], verbose=False)
-    if corpus.tokenizer.identity != ckpt['tokenizer']:
-        raise CheckpointError(f"{cfg.ckpt} was trained with another tokenizer than the prepared data in {corpus.folder}")
+    check_tokenizer(ckpt, corpus.tokenizer.identity, cfg.ckpt)
     K, V = model.chunk_size, model.tok_emb.num_embeddings
     C = tc['block_size'] // K * K
     g = torch.Generator(device=device).manual_seed(cfg.seed)
