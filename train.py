@@ -189,7 +189,7 @@ def train(cfg: TrainConfig, corpus, dist: Dist) -> dict:
     ae, extra = None, {}
     if cfg.model == 'calm':
         ae, ae_ckpt = load_autoencoder(cfg.ae_ckpt_path, tok.identity, cfg.chunk_size)
-        extra = {'ae_config': dataclasses.asdict(ae.cfg), 'ae_hash': ae_ckpt['hash'], 'ae_path': str(cfg.ae_ckpt_path)}
+        extra = {'ae_config': dataclasses.asdict(ae.cfg), 'ae_hash': state_hash(ae), 'ae_path': str(cfg.ae_ckpt_path)}
         if ae.cfg.latent_size != cfg.latent_size:
             dist.log(f"note: the autoencoder {cfg.ae_ckpt_path} has latent_size {ae.cfg.latent_size}; "
                      f"--latent_size={cfg.latent_size} applies only to a newly trained autoencoder")

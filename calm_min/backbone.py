@@ -31,27 +31,43 @@ class BackboneConfig:
 
 
 class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, through torch's fused `F.rms_norm` (one kernel on CPU;
+    torch >= 2.4, a four-op fallback before that)."""
+
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
+        if _HAS_RMS_NORM:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
+_HAS_RMS_NORM = hasattr(F, 'rms_norm')
+
+
 class SwiGLU(nn.Module):
-    """W_down (SiLU(W_gate x) * W_up x), no biases."""
+    """W_down (SiLU(W_gate x) * W_up x), no biases; W_gate and W_up are one (2 hidden, dim) matrix,
+    so both come from one matrix product."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.gate = nn.Linear(dim, hidden, bias=False)
-        self.up = nn.Linear(dim, hidden, bias=False)
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
         self.down = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x):
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        gate, up = self.gate_up(x).chunk(2, dim=-1)                          # (..., hidden) each
+        return self.down(F.silu(gate) * up)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the fusion hold gate.weight and up.weight apart
+        if prefix + 'gate.weight' in state_dict and prefix + 'gate_up.weight' not in state_dict:
+            state_dict[prefix + 'gate_up.weight'] = torch.cat([state_dict.pop(prefix + 'gate.weight'),
+                                                               state_dict.pop(prefix + 'up.weight')])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class ResidualSwiGLU(nn.Module):
@@ -67,18 +83,20 @@ class ResidualSwiGLU(nn.Module):
 
 
 def rope_angles(pos: torch.Tensor, head_dim: int, theta: float):
-    """(cos, sin) of the angles pos * theta^(-2i/hd), each (T, hd/2); computed once per forward."""
+    """(cos, sin) of the angles pos * theta^(-2i/hd) for the two halves of a head, each (T, hd):
+    cos repeated, sin signed (-sin for the first half, +sin for the second); computed once per forward."""
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
     ang = pos.to(torch.float32)[:, None] * inv_freq                                          # (T, hd/2)
-    return ang.cos(), ang.sin()
+    cos, sin = ang.cos(), ang.sin()
+    return torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)                            # (T, hd) each
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the two halves of each head (x: (B, H, T, hd)) by the precomputed angles."""
+    """Rotate the two halves (x1, x2) of each head (x: (B, H, T, hd)) by the precomputed angles:
+    (x1 cos - x2 sin, x2 cos + x1 sin) = x * cos + swap_halves(x) * signed sin, three kernels."""
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    swapped = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)                                  # (x2, x1)
+    return torch.addcmul(x * cos, swapped, sin)
 
 
 class KVCache:

@@ -26,10 +26,13 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or of the wrong kind; the message says what to do."""
 
 
-def state_hash(module: nn.Module) -> str:
-    """sha256 over the names, shapes, dtypes and bytes of a module's state dict (its identity)."""
+def state_hash(module: nn.Module | dict) -> str:
+    """sha256 over the names, shapes, dtypes and bytes of a module's state dict, or of a state dict
+    (its identity). Checks hash the tensors as a file stores them, so files written before a change
+    of parameter names (e.g. the fused gate/up projection) still verify."""
     h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
+    sd = module.state_dict() if isinstance(module, nn.Module) else module
+    for name, t in sorted(sd.items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -99,7 +102,7 @@ def model_from_checkpoint(ckpt: dict, path='checkpoint'):
         raise CheckpointError(f"{path}: weights do not fit the recorded config ({str(e)[:300]})") from None
     if not all(torch.isfinite(t).all() for t in ckpt['model'].values() if t.is_floating_point()):
         raise CheckpointError(f"{path} holds NaN or inf weights (a diverged run): use an earlier checkpoint")
-    if kind == 'calm' and state_hash(model.ae) != ckpt['ae_hash']:
+    if kind == 'calm' and state_hash({k[3:]: v for k, v in ckpt['model'].items() if k.startswith('ae.')}) != ckpt['ae_hash']:
         raise CheckpointError(f"{path}: the embedded autoencoder's weights do not match the hash recorded "
                               f"when CALM was trained (autoencoder/model mismatch); the file is damaged")
     return model
@@ -124,6 +127,6 @@ def load_autoencoder(path, tokenizer: dict, chunk_size: int) -> tuple[Autoencode
                               f"{ckpt['train_config'].get('ae_max_iters')}: finish it first (python train.py ... "
                               f"--model=ae --resume=true) or pass a finished --ae_ckpt")
     ae = model_from_checkpoint(ckpt, path)
-    if state_hash(ae) != ckpt['hash']:
+    if state_hash(ckpt['model']) != ckpt['hash']:
         raise CheckpointError(f"autoencoder {path}: weights do not match their recorded hash; the file is damaged")
     return ae, ckpt

@@ -5,7 +5,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from calm_min.backbone import BackboneConfig
+import torch.nn as nn
+
+from calm_min.backbone import BackboneConfig, ResidualSwiGLU, RMSNorm, rope, rope_angles
 from calm_min.gpt import GPT, GPTConfig
 from calm_min.sampling import Sampler
 
@@ -94,3 +96,37 @@ def test_gpt_overfits_one_batch():
         loss.backward()
         opt.step()
     assert first > 3.5 and loss.item() < 0.1
+
+
+def test_rope_matches_the_rotation_formula():
+    """The three-kernel rope equals rotating each pair (x1_i, x2_i) by angle pos * theta^(-2i/hd)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, 8, generator=g)                                 # (B, H, T, hd)
+    pos = torch.tensor([0, 1, 2, 7, 100])
+    ang = pos[:, None].float() * 10000.0 ** (-torch.arange(0, 8, 2).float() / 8)  # (T, 4)
+    x1, x2 = x[..., :4], x[..., 4:]
+    want = torch.cat([x1 * ang.cos() - x2 * ang.sin(), x2 * ang.cos() + x1 * ang.sin()], -1)
+    torch.testing.assert_close(rope(x, *rope_angles(pos, 8, 10000.0)), want, rtol=1e-6, atol=1e-6)
+
+
+def test_swiglu_loads_checkpoints_with_separate_gate_and_up():
+    """Files written before the gate/up fusion (gate.weight, up.weight) load into the fused layer
+    and compute the same function; the state-dict hash of the stored tensors is unchanged."""
+    g = torch.Generator().manual_seed(0)
+    wg, wu, wd = torch.randn(12, 8, generator=g), torch.randn(12, 8, generator=g), torch.randn(8, 12, generator=g)
+    old = {'mlp.gate.weight': wg, 'mlp.up.weight': wu, 'mlp.down.weight': wd, 'norm.weight': torch.ones(8)}
+    block = ResidualSwiGLU(8, 12)
+    block.load_state_dict(old)
+    x = torch.randn(4, 8, generator=g)
+    h = F.rms_norm(x, (8,), eps=1e-6) if hasattr(F, 'rms_norm') else x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+    want = x + (F.silu(h @ wg.T) * (h @ wu.T)) @ wd.T
+    torch.testing.assert_close(block(x), want, rtol=1e-5, atol=1e-5)
+    assert set(old) == {'mlp.gate.weight', 'mlp.up.weight', 'mlp.down.weight', 'norm.weight'}  # caller's dict untouched
+
+
+def test_rms_norm_matches_its_definition():
+    g = torch.Generator().manual_seed(0)
+    norm = RMSNorm(16)
+    nn.init.normal_(norm.weight, generator=g)
+    x = torch.randn(3, 16, generator=g) * 5
+    torch.testing.assert_close(norm(x), x / (x.pow(2).mean(-1, keepdim=True) + 1e-6).sqrt() * norm.weight)
