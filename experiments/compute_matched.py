@@ -1,0 +1,196 @@
+"""The compute-matched comparison (the paper's headline, section 5: CALM against a discrete Transformer
+at equal training FLOPs): the baseline and CALM trained at several backbone sizes, each run for the
+number of steps its training-FLOP budget buys, then scored with one protocol (eval.py, BrierLM on
+validation and on Moby Dick). Plots BrierLM against training FLOPs and against inference FLOPs per
+generated token.
+
+    python experiments/compute_matched.py                                   # CPU: the README's table
+    python experiments/compute_matched.py --dry_run=true                    # print the plan only
+    python experiments/compute_matched.py --preset=config/gpu_small.py --sizes=8x512,12x768 \\
+        --budgets=2e17,8e17 --out_dir=out/compute_matched_gpu               # the same study bigger, on a GPU
+
+Every size's runs share one budget; steps = budget / (analytic training FLOPs per step,
+calm_min/flops.py), so the two models of a size get the same compute, and a model that is cheaper
+per token sees more tokens. CALM's autoencoder (stage 1) is trained once and shared by all sizes;
+its FLOPs are reported apart and added to CALM's total in the table and plot. Finished runs and
+evaluations are kept (their files are found and reused), so an interrupted study resumes where it
+stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from calm_min.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from calm_min.config import ConfigError, TrainConfig, parse_args  # noqa: E402
+from calm_min.data import load_corpus  # noqa: E402
+from calm_min.flops import ae_decoder, ae_encoder  # noqa: E402
+from experiments.plotting import pyplot, save  # noqa: E402
+from train import build_model  # noqa: E402
+
+
+@dataclasses.dataclass
+class Config:
+    preset: str = 'config/tiny_bytes.py'   # the recipe (issue: "make CALM learn"); sizes and steps are set here
+    sizes: str = '2x128,4x256'             # backbones, n_layer x n_embd (n_head = n_embd / 64)
+    budgets: str = '6e13,3e14'             # training FLOPs for each size's runs (the LM stage)
+    models: str = 'gpt,calm'
+    out_dir: str = 'out/compute_matched'
+    train_flags: str = ''                  # further train.py flags for every run, e.g. '--device=cuda'
+    eval_blocks: int = 64                  # eval.py --max_blocks, validation and test
+    plot: str = 'docs/compute_matched.png'
+    dry_run: bool = False                  # print the plan (steps per run) and stop
+
+    def validate(self):
+        try:
+            self.size_list(), self.budget_list()
+        except ValueError:
+            raise ConfigError(f"--sizes takes n_layer x n_embd pairs like 2x128,4x256 and --budgets numbers like "
+                              f"6e13,3e14; got {self.sizes!r} and {self.budgets!r}") from None
+        if len(self.size_list()) != len(self.budget_list()):
+            raise ConfigError(f"--sizes names {len(self.size_list())} sizes but --budgets {len(self.budget_list())}")
+        if any(b <= 0 for b in self.budget_list()):
+            raise ConfigError("--budgets must be positive")
+        if any(m not in ('gpt', 'calm') for m in self.models.split(',')):
+            raise ConfigError(f"--models takes gpt and/or calm, comma-separated; got {self.models!r}")
+        if not Path(self.preset).is_file():
+            raise ConfigError(f"--preset {self.preset} is not a file")
+
+    def size_list(self) -> list[tuple[int, int]]:
+        return [tuple(int(v) for v in s.split('x')) for s in self.sizes.split(',')]
+
+    def budget_list(self) -> list[float]:
+        return [float(b) for b in self.budgets.split(',')]
+
+
+def run(cmd: list[str], log: Path):
+    print('$', shlex.join(cmd), flush=True)
+    with open(log, 'w') as f:
+        r = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        sys.exit(f"error: the command above failed (exit {r.returncode}); its output is in {log}")
+
+
+def finished(path: Path) -> bool:
+    return path.is_file() and load_checkpoint(path).get('finished', False)
+
+
+def plan(cfg: Config, tcfg: TrainConfig, ae_path: Path) -> list[dict]:
+    """One entry per (size, model): its flags, steps and analytic FLOPs per token (an untrained
+    autoencoder of the preset's config stands in for the real one: FLOPs depend on sizes only)."""
+    tok = load_corpus(tcfg.dataset, tcfg.tokenizer, tcfg.vocab_size, tcfg.data_dir, verbose=False).tokenizer
+    vocab = tok.vocab_size
+    ae = build_model(dataclasses.replace(tcfg, model='ae'), vocab, tok.eot_id)
+    runs = []
+    for (n_layer, n_embd), budget in zip(cfg.size_list(), cfg.budget_list()):
+        for kind in cfg.models.split(','):
+            t = dataclasses.replace(tcfg, model=kind, n_layer=n_layer, n_embd=n_embd, n_head=max(1, n_embd // 64))
+            model = build_model(t, vocab, ae.cfg.mask_id, ae)
+            s = model.tokens_per_step
+            tokens_per_step = t.batch_size * t.grad_accum * (t.block_size // s * s)
+            f = model.flops_per_token(t.block_size)
+            steps = max(1, round(budget / (f['training'] * tokens_per_step)))
+            name = f'{kind}_{n_layer}x{n_embd}'
+            runs.append({'name': name, 'model': kind, 'n_layer': n_layer, 'n_embd': n_embd, 'budget': budget,
+                         'steps': steps, 'tokens': steps * tokens_per_step,
+                         'params': sum(p.numel() for n, p in model.named_parameters() if not n.startswith('ae.')),
+                         'train_flops_per_token': f['training'], 'inference_flops_per_token': f['inference'],
+                         'flags': [f'--model={kind}', f'--n_layer={n_layer}', f'--n_embd={n_embd}',
+                                   f'--n_head={t.n_head}', f'--max_iters={steps}', f'--eval_interval={steps}',
+                                   f'--out_dir={Path(cfg.out_dir) / name}', f'--ae_ckpt={ae_path}']})
+    return runs
+
+
+def ae_train_flops(ae_path: Path) -> float:
+    """The autoencoder stage: 3x the forward FLOPs of encoder and decoder per chunk, over its steps."""
+    ck = load_checkpoint(ae_path, ('ae',))
+    ae = model_from_checkpoint(ck, ae_path)
+    return 3 * (ae_encoder(ae.cfg) + ae_decoder(ae.cfg)) * ck['train_config']['ae_batch_size'] * ck['step']
+
+
+def main(cfg: Config) -> list[dict]:
+    py = sys.executable
+    flags = shlex.split(cfg.train_flags)
+    tcfg = parse_args([cfg.preset, *flags], TrainConfig)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ae_path = out / 'ae' / 'ae.pt'
+    runs = plan(cfg, tcfg, ae_path)
+    for r in runs:
+        print(f"{r['name']:14s} {r['params'] / 1e6:6.2f}M params  {r['steps']:6d} steps  {r['tokens'] / 1e6:7.1f}M tokens  "
+              f"{r['train_flops_per_token'] / 1e6:6.1f} MFLOP/token training  budget {r['budget']:.3g}")
+    if cfg.dry_run:
+        return runs
+    if not finished(ae_path):
+        run([py, 'train.py', cfg.preset, *flags, '--model=ae', f'--out_dir={ae_path.parent}'], out / 'ae.log')
+    ae_flops = ae_train_flops(ae_path)
+    print(f"autoencoder stage: {ae_flops:.3g} training FLOPs (shared by every CALM run)")
+    for r in runs:
+        ckpt = out / r['name'] / f"{r['model']}.pt"
+        if not finished(ckpt):
+            run([py, 'train.py', cfg.preset, *flags, *r['flags']], out / f"{r['name']}.log")
+        ck = load_checkpoint(ckpt)
+        r['train_flops'] = ck['train_flops'] + (ae_flops if r['model'] == 'calm' else 0.0)
+        r['ae_flops'] = ae_flops if r['model'] == 'calm' else 0.0
+        dev = [f for f in flags if f.startswith('--device=')]
+        for split in ('val', 'test'):
+            path = out / r['name'] / f'eval_{split}.json'
+            if not path.is_file():
+                run([py, 'eval.py', f'--ckpt={ckpt}', f'--split={split}', f'--max_blocks={cfg.eval_blocks}',
+                     f'--out={path}', *dev], out / f"{r['name']}_eval_{split}.log")
+            res = json.loads(path.read_text())['results']
+            r[f'{split}_brierlm'], r[f'{split}_brierlm_se'] = res['brierlm'], res['brierlm_se']
+    (out / 'results.json').write_text(json.dumps(runs, indent=1))
+    print(table(runs, ae_flops))
+    plot(runs, Path(cfg.plot))
+    return runs
+
+
+def table(runs: list[dict], ae_flops: float) -> str:
+    lines = ['| model | size (layers x d) | params | steps | tokens | training FLOPs | inference FLOPs/token '
+             '| val BrierLM | Moby Dick BrierLM |', '|---|---|---|---|---|---|---|---|---|']
+    for r in runs:
+        lines.append(f"| {r['model']} | {r['n_layer']}x{r['n_embd']} | {r['params'] / 1e6:.2f}M | {r['steps']} "
+                     f"| {r['tokens'] / 1e6:.1f}M | {r['train_flops']:.2e} | {r['inference_flops_per_token'] / 1e6:.2f}M "
+                     f"| {r['val_brierlm']:.2f} ± {r['val_brierlm_se']:.2f} "
+                     f"| {r['test_brierlm']:.2f} ± {r['test_brierlm_se']:.2f} |")
+    lines.append(f"\nCALM's training FLOPs include its autoencoder stage ({ae_flops:.2e}, shared by all sizes).")
+    return '\n'.join(lines)
+
+
+def plot(runs: list[dict], path: Path):
+    plt = pyplot()
+    if plt is None:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for kind, style, label in (('gpt', 's--', 'baseline (next token)'), ('calm', 'o-', 'CALM (next vector, K chunks)')):
+        rs = sorted((r for r in runs if r['model'] == kind), key=lambda r: r['train_flops'])
+        if not rs:
+            continue
+        for ax, x in zip(axes, ('train_flops', 'inference_flops_per_token')):
+            ax.errorbar([r[x] for r in rs], [r['val_brierlm'] for r in rs], yerr=[r['val_brierlm_se'] for r in rs],
+                        fmt=style, capsize=3, label=label)
+            for r in rs:
+                ax.annotate(f"{r['n_layer']}x{r['n_embd']}", (r[x], r['val_brierlm']), fontsize=7,
+                            textcoords='offset points', xytext=(4, -10))
+    axes[0].set_xlabel('training FLOPs (CALM: + its autoencoder stage)')
+    axes[1].set_xlabel('inference FLOPs per generated token')
+    for ax in axes:
+        ax.set_xscale('log')
+        ax.set_ylabel('validation BrierLM')
+        ax.legend(fontsize=8)
+    fig.suptitle('compute-matched: each size\'s two models share one training-FLOP budget', fontsize=9)
+    save(fig, path)
+
+
+if __name__ == '__main__':
+    try:
+        main(parse_args(sys.argv[1:], Config))
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
