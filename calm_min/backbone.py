@@ -3,7 +3,8 @@ causal Transformer, Llama-style as in the official code): pre-norm RMSNorm, rota
 biases, attention through `F.scaled_dot_product_attention` (FlashAttention on CUDA).
 
 It takes input *embeddings* (B, T, d) and returns normalised hidden states (B, T, d): the baseline
-feeds token embeddings, CALM feeds compressed chunk vectors. `KVCache` makes decoding incremental;
+feeds token embeddings, CALM feeds compressed chunk vectors. `KVCache` makes decoding incremental,
+`StaticKVCache` does so with fixed shapes, so that a decoding step compiles to one graph;
 explicit `pos` and `mask` let a caller attend in any pattern (BrierLM uses this to roll out every
 position of a block in parallel).
 """
@@ -100,7 +101,9 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 
 
 class KVCache:
-    """Keys and values of every layer, preallocated for `max_len` positions: (B, H, max_len, hd) each."""
+    """Keys and values of every layer, preallocated for `max_len` positions: (B, H, max_len, hd) each.
+    `length` (a Python int) counts the positions filled; attention reads the filled part only. Used
+    where the number of queries varies (prefill, BrierLM's tree rollouts)."""
 
     def __init__(self, cfg: BackboneConfig, batch_size: int, max_len: int, device, dtype=torch.float32):
         hd = cfg.n_embd // cfg.n_head
@@ -109,6 +112,56 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.length = 0          # positions filled so far
         self.max_len = max_len
+
+    def positions(self, T: int, device) -> torch.Tensor:
+        return torch.arange(self.length, self.length + T, device=device)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
+        """Store k, v (B, H, T, hd) after the filled positions -> (keys, values, mask, is_causal) to attend."""
+        start, T = self.length, k.shape[2]
+        if start + T > self.max_len:
+            raise ValueError(f"KV cache full: {start} + {T} positions > max_len {self.max_len}")
+        self.k[layer][:, :, start:start + T] = k.to(self.k[layer].dtype)
+        self.v[layer][:, :, start:start + T] = v.to(self.v[layer].dtype)
+        is_causal = mask is None and (start == 0 and T > 1)
+        if mask is None and start > 0 and T > 1:  # query i sits at position start + i and sees keys 0..start+i
+            mask = torch.arange(start + T, device=k.device) <= (start + torch.arange(T, device=k.device))[:, None]
+        return self.k[layer][:, :, :start + T], self.v[layer][:, :, :start + T], mask, is_causal
+
+    def advance(self, T: int):
+        self.length += T
+
+
+class StaticKVCache(KVCache):
+    """The same buffers with the fill position held as a tensor (`pos`, shape (1,)): every step has
+    the same shapes and no Python-side state, so a decoding step compiles to one graph
+    (`torch.compile(..., dynamic=False)`). Attention reads all max_len keys and masks those not yet
+    written. A caller that runs past max_len gets wrong results, not an error (a tensor check would
+    cost a device sync per step): the models' `generate` sizes the cache for the whole output."""
+
+    def __init__(self, cfg: BackboneConfig, batch_size: int, max_len: int, device, dtype=torch.float32):
+        super().__init__(cfg, batch_size, max_len, device, dtype)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.key_pos = torch.arange(max_len, device=device)                  # (S,)
+
+    def positions(self, T: int, device) -> torch.Tensor:
+        return self.pos + torch.arange(T, device=device)                     # (T,)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
+        if mask is not None:
+            raise ValueError("StaticKVCache attends causally; pass no mask")
+        where = self.positions(k.shape[2], k.device)                         # (T,)
+        self.k[layer].index_copy_(2, where, k.to(self.k[layer].dtype))
+        self.v[layer].index_copy_(2, where, v.to(self.v[layer].dtype))
+        return self.k[layer], self.v[layer], self.key_pos <= where[:, None], False   # mask (T, S)
+
+    def advance(self, T: int):
+        self.pos += T
+
+
+def cache_length(n: int, multiple: int = 64) -> int:
+    """A static cache's length for n positions, rounded up so that nearby lengths share one compiled graph."""
+    return -(-n // multiple) * multiple
 
 
 class Attention(nn.Module):
@@ -122,20 +175,11 @@ class Attention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (B, H, T, hd)
         q, k = rope(q, *rot), rope(k, *rot)
-        is_causal = mask is None
+        is_causal = mask is None and T > 1
         if cache is not None:
-            start = cache.length
-            if start + T > cache.max_len:
-                raise ValueError(f"KV cache full: {start} + {T} positions > max_len {cache.max_len}")
-            cache.k[layer][:, :, start:start + T] = k.to(cache.k[layer].dtype)
-            cache.v[layer][:, :, start:start + T] = v.to(cache.v[layer].dtype)
-            k = cache.k[layer][:, :, :start + T].to(q.dtype)                                      # (B, H, S, hd)
-            v = cache.v[layer][:, :, :start + T].to(q.dtype)
-            if mask is None and start > 0:
-                is_causal = False
-                if T > 1:  # query i sits at position start + i and sees keys 0..start+i
-                    mask = torch.arange(start + T, device=x.device) <= (start + torch.arange(T, device=x.device))[:, None]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and T > 1)  # (B, H, T, hd)
+            k, v, mask, is_causal = cache.update(layer, k, v, mask)                               # (B, H, S, hd)
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)        # (B, H, T, hd)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -168,18 +212,17 @@ class Backbone(nn.Module):
         (0..T-1 without one); without `mask`, attention is causal over cache + x. A given `mask`
         (T, S) is True where query t may attend key s of the S = cache length + T keys."""
         T = x.shape[1]
-        start = cache.length if cache is not None else 0
         if pos is None:
-            pos = torch.arange(start, start + T, device=x.device)
+            pos = cache.positions(T, x.device) if cache is not None else torch.arange(T, device=x.device)
         rot = rope_angles(pos, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_theta)
         for i, block in enumerate(self.blocks):
             x = block(x, rot, mask, cache, i)
         if cache is not None:
-            cache.length += T
+            cache.advance(T)
         return self.norm(x)
 
-    def make_cache(self, batch_size: int, max_len: int, device, dtype=torch.float32) -> KVCache:
-        return KVCache(self.cfg, batch_size, max_len, device, dtype)
+    def make_cache(self, batch_size: int, max_len: int, device, dtype=torch.float32, static: bool = False) -> KVCache:
+        return (StaticKVCache if static else KVCache)(self.cfg, batch_size, max_len, device, dtype)
 
 
 class TreeRollout:

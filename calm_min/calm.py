@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .autoencoder import Autoencoder
-from .backbone import Backbone, BackboneConfig, TreeRollout, init_weights
+from .backbone import Backbone, BackboneConfig, StaticKVCache, TreeRollout, cache_length, init_weights
+from .device import compiled_decode_step
 from .brierlm import NGRAM
 from .energy_head import EnergyHead, energy_loss
 from .flops import calm_per_token
@@ -187,23 +188,40 @@ class CALM(nn.Module):
                 out.append(torch.stack(rows))
         return torch.stack(out).view(n, *h.shape[:-1], self.chunk_size)       # (n, ..., K)
 
+    def decode_step(self, chunk: torch.Tensor, cache: StaticKVCache, eps: torch.Tensor) -> torch.Tensor:
+        """One decoding step at T = 1 with fixed shapes (compiles to one graph): the last chunk (B, K) and
+        the head's input noise eps (1, B, noise_size) -> the next chunk (B, K): backbone step, one head
+        sample, AE decoder (argmax). `cache` advances by one position."""
+        h = self.hidden(chunk[:, None], cache)[:, -1]                         # (B, d)
+        return self.ae.decode(self.head.transform(h, eps))[0]                 # (B, K)
+
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, sampler: Sampler = Sampler(),
-                 generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+                 generator: torch.Generator | None = None, use_cache: bool = True,
+                 compile: bool = False) -> torch.Tensor:
         """prompt (B, T0) -> (B, T0 + max_new_tokens). The prompt is left-padded to whole chunks
         (`pad_prompt`, padding removed from the output); ceil(max_new_tokens / K) chunks are generated,
-        one backbone step each, and the output cut to max_new_tokens. use_cache=False recomputes the
-        whole prefix every step (the reference for tests)."""
+        one backbone step each, and the output cut to max_new_tokens. With the cache, the prompt runs
+        once; at T = 1 each further chunk is one `decode_step` (compile=True: a compiled graph, the same
+        chunks), below T = 1 a backbone step and the sampler (`sample_chunks`). use_cache=False
+        recomputes the whole prefix every step (the reference for tests). The same generator gives
+        the same chunks on every path."""
         x = self.chunks(self.pad_prompt(prompt))                              # (B, L0, K)
         n_steps = -(-max_new_tokens // self.chunk_size)
         new = []
         if use_cache:
-            cache = self.backbone.make_cache(x.shape[0], x.shape[1] + n_steps, x.device, self.tok_emb.weight.dtype)
-            step_in = x
-            for _ in range(n_steps):
-                h = self.hidden(step_in, cache)[:, -1]                        # (B, d)
-                step_in = self.sample_chunks(h, 1, sampler, generator)[0][:, None]  # (B, 1, K)
-                new.append(step_in)
+            cache = self.backbone.make_cache(x.shape[0], cache_length(x.shape[1] + n_steps), x.device,
+                                             self.tok_emb.weight.dtype, static=True)
+            h = self.hidden(x, cache)[:, -1]                                  # (B, d): the prompt, once
+            new.append(self.sample_chunks(h, 1, sampler, generator)[0])       # (B, K)
+            step = compiled_decode_step(self) if compile else self.decode_step
+            for _ in range(n_steps - 1):
+                if sampler.temperature == 1.0:
+                    new.append(step(new[-1], cache, self.head.noise(h, 1, generator)))   # (B, K)
+                else:
+                    h = self.hidden(new[-1][:, None], cache)[:, -1]
+                    new.append(self.sample_chunks(h, 1, sampler, generator)[0])
+            new = [c[:, None] for c in new]
         else:
             for _ in range(n_steps):
                 h = self.hidden(torch.cat([x, *new], 1))[:, -1]

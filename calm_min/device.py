@@ -54,3 +54,14 @@ def autocast(device: torch.device, dtype: str = 'auto'):
     if use_bf16:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def compiled_decode_step(model):
+    """`model.decode_step` through torch.compile as one whole graph with static shapes (no graph breaks:
+    fullgraph=True fails loudly rather than falling back op by op). Compiled on first use and kept on
+    the model; a new batch size or cache length compiles another graph."""
+    fn = model.__dict__.get('_compiled_decode_step')
+    if fn is None:
+        fn = torch.compile(model.decode_step, fullgraph=True, dynamic=False)
+        model.__dict__['_compiled_decode_step'] = fn
+    return fn

@@ -53,8 +53,15 @@ class EnergyHead(nn.Module):
 
     def forward(self, h: torch.Tensor, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """h (..., d) -> n_samples independent latent samples (n_samples, ..., l)."""
-        eps = torch.rand((n_samples, *h.shape[:-1], self.noise_size), generator=generator,
-                         device=h.device, dtype=h.dtype) - 0.5                  # (N, ..., noise)
+        return self.transform(h, self.noise(h, n_samples, generator))
+
+    def noise(self, h: torch.Tensor, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The input noise eps ~ U[-0.5, 0.5]^noise_size of n_samples samples per position (N, ..., noise)."""
+        return torch.rand((n_samples, *h.shape[:-1], self.noise_size), generator=generator,
+                          device=h.device, dtype=h.dtype) - 0.5
+
+    def transform(self, h: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """h (..., d) and noise eps (N, ..., noise) -> samples (N, ..., l): the deterministic part."""
         z = self.noise_norm(self.noise_in(eps))                                 # (N, ..., d)
         c = self.cond_norm(self.cond_in(h))                                     # (..., d), broadcast over N
         for block in self.blocks:

@@ -13,10 +13,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbone import Backbone, BackboneConfig, TreeRollout, init_weights
+from .backbone import Backbone, BackboneConfig, StaticKVCache, TreeRollout, cache_length, init_weights
 from .brierlm import NGRAM
 from .flops import gpt_per_token
-from .sampling import Sampler, sample_logits
+from .device import compiled_decode_step
+from .sampling import Sampler, pick_token, sample_logits
 
 
 @dataclass
@@ -62,11 +63,21 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         return logits, loss
 
+    def decode_step(self, x: torch.Tensor, cache: StaticKVCache, u: torch.Tensor, temperature: float = 1.0,
+                    top_k: int = 0) -> torch.Tensor:
+        """One decoding step with fixed shapes (compiles to one graph): the last tokens x (B, 1) and the
+        sampling noise u (B, V) ~ U(0, 1) -> the next tokens (B, 1); `cache` advances by one position."""
+        h = self.backbone(self.tok_emb(x), cache=cache)[:, -1]               # (B, d)
+        return pick_token(self.lm_head(h), u, temperature, top_k)[:, None]   # (B, 1)
+
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, sampler: Sampler = Sampler(),
-                 generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+                 generator: torch.Generator | None = None, use_cache: bool = True,
+                 compile: bool = False) -> torch.Tensor:
         """Continue prompt (B, T0) by max_new_tokens sampled tokens -> (B, T0 + max_new_tokens).
-        With use_cache=False every step recomputes the whole prefix (the reference for tests)."""
+        With the cache, the prompt runs once and each new token is one `decode_step`; compile=True runs
+        that step as a compiled graph (the same tokens). use_cache=False recomputes the whole prefix
+        every step (the reference for tests). The same generator gives the same tokens on every path."""
         T, k = sampler.temperature, sampler.top_k
         out = prompt
         if not use_cache:
@@ -74,14 +85,16 @@ class GPT(nn.Module):
                 logits, _ = self(out)
                 out = torch.cat([out, sample_logits(logits[:, -1], T, k, generator)[:, None]], 1)
             return out
-        cache = self.backbone.make_cache(prompt.shape[0], prompt.shape[1] + max_new_tokens, prompt.device,
-                                         self.tok_emb.weight.dtype)
-        x = prompt
-        for _ in range(max_new_tokens):
-            h = self.backbone(self.tok_emb(x), cache=cache)                   # (B, T, d)
-            x = sample_logits(self.lm_head(h[:, -1]), T, k, generator)[:, None]  # (B, 1)
-            out = torch.cat([out, x], 1)
-        return out
+        B, V = prompt.shape[0], self.cfg.vocab_size
+        cache = self.backbone.make_cache(B, cache_length(prompt.shape[1] + max_new_tokens), prompt.device,
+                                         self.tok_emb.weight.dtype, static=True)
+        step = compiled_decode_step(self) if compile else self.decode_step
+        x, new = prompt, []
+        for i in range(max_new_tokens):
+            u = torch.rand((B, V), generator=generator, device=prompt.device)  # as sample_logits draws it
+            x = (step if i else self.decode_step)(x, cache, u, T, k)        # (B, 1); the prompt runs eagerly
+            new.append(x)
+        return torch.cat([prompt, *new], 1)
 
     @torch.no_grad()
     def continuations(self, blocks: torch.Tensor, sampler: Sampler = Sampler(), stride: int = 4,

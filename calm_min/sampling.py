@@ -60,11 +60,19 @@ class Sampler:
 def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row of logits (B, V) -> (B,), softmax temperature and optional top-k."""
+    u = torch.rand(logits.shape, generator=generator, device=logits.device)  # (B, V)
+    return pick_token(logits, u, temperature, top_k)
+
+
+def pick_token(logits: torch.Tensor, u: torch.Tensor, temperature: float = 1.0, top_k: int = 0) -> torch.Tensor:
+    """The Gumbel-max trick: argmax(logits / T - log(-log u)) with u ~ U(0, 1) (..., V) is a draw from
+    softmax(logits / T). The noise comes in as a tensor, so this compiles inside a decoding graph
+    while the caller's generator draws u outside it."""
     logits = logits.float() / temperature
     if top_k:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float('-inf'))
-    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+    return (logits - torch.log(-torch.log(u))).argmax(-1)
 
 
 def check_temperature(temperature: float) -> float:
