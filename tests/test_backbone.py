@@ -44,15 +44,16 @@ def tiny_gpt():
     return GPT(GPTConfig(vocab_size=50, backbone=BackboneConfig(n_layer=2, n_head=2, n_embd=64))).eval()
 
 
-@given(split=st.lists(st.integers(1, 5), min_size=1, max_size=5))
-@settings(max_examples=20, deadline=None)
-def test_kv_cache_equals_full_recomputation(split):
+@given(split=st.lists(st.integers(1, 5), min_size=1, max_size=5), static=st.booleans(), spare=st.integers(0, 7))
+@settings(max_examples=30, deadline=None)
+def test_kv_cache_equals_full_recomputation(split, static, spare):
+    """Both caches (the static one with `spare` unused positions, masked) give the logits of a full pass."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=50, backbone=BackboneConfig(n_layer=2, n_head=2, n_embd=64))).eval()
     idx = torch.randint(50, (2, sum(split)))
     with torch.no_grad():
         full, _ = model(idx)
-        cache = model.backbone.make_cache(2, idx.shape[1], 'cpu')
+        cache = model.backbone.make_cache(2, idx.shape[1] + spare * static, 'cpu', static=static)
         parts, s = [], 0
         for n in split:  # feed the sequence in pieces of these sizes
             parts.append(model.lm_head(model.backbone(model.tok_emb(idx[:, s:s + n]), cache=cache)))
