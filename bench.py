@@ -4,16 +4,29 @@ the weights.
 
     python bench.py config/tiny.py                    # generation, training, energy-loss memory
     python bench.py config/tiny.py --what=memory --positions=4096
+    python bench.py config/tiny.py --what=training --train_dtypes=float32,bfloat16 --train_compile=both
+    python bench.py config/tiny.py --what=profile     # torch.profiler: top-5 ops of a baseline training step
     python bench.py config/gpu_small.py --what=generation --device=cpu --dtype=float32
 
-generation: CALM (K tokens per backbone step) vs the baseline of the same backbone, both with a KV
-  cache, tokens/s, and the share of CALM's time in backbone, energy head and AE decoder; beside it
-  the parameters each step multiplies with and the speedup they allow when weight reads bound a
-  step (batch 1): K * gpt / calm. The CALM-only parts (compression, head, decoder) are a fixed cost
-  per step, large beside a tiny backbone: compare config/tiny.py with config/gpu_small.py.
-training:   tokens of text per second of a full training step (forward, backward, AdamW) for both,
-  through torch.compile as train.py does (--compile: auto = on for CUDA); the first, untimed step
-  compiles.
+Every figure is set beside `Reference`, a plain GPT-2-style model written here in the manner of
+nanoGPT (LayerNorm, GELU MLP of width 4d, learned positions, biases, SDPA, tied head) with the
+baseline's layers, width and heads, so about its parameter count: a yardstick for the backbone's
+implementation, not a model of calm-min.
+
+generation: tokens/s at batch --gen_batch for the reference without a KV cache (the nanoGPT loop),
+  the baseline and CALM with the cache, eager and with the compiled static-shape decoding step
+  (`generate(compile=True)`; --gen_compile=false skips it), each as a multiple of the reference;
+  the share of CALM's (eager) time in backbone, energy head and AE decoder; the parameters each step
+  multiplies with and the speedup they allow when weight reads bound a step (batch 1): K * gpt / calm.
+  The CALM-only parts (compression, head, decoder) are a fixed cost per step, large beside a tiny
+  backbone: compare config/tiny.py with config/gpu_small.py.
+training:   tokens of text per second of a full training step (forward, backward, AdamW) for the
+  reference, the baseline and CALM, in each of --train_dtypes (float32, or bf16 autocast) and eager
+  and/or through torch.compile (--train_compile: auto = as train.py, on for CUDA; true; false; both).
+  Rounds alternate the variants (--repeats rounds, the best of each kept), so the ratios compare
+  runs made side by side; the first, untimed steps compile.
+profile:    torch.profiler over --train_steps baseline training steps (float32 eager): the top-5 ops
+  by self CPU time (and CUDA time on a GPU).
 flops:      analytic FLOPs per token, inference and training, by part (calm_min/flops.py).
 memory:     peak memory of energy_loss (forward + backward) at N samples, M targets, P positions,
   against a naive version that materialises the (N, M, P, l) difference tensor. On CPU each
@@ -30,6 +43,8 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from calm_min.config import ConfigError, TrainConfig, help_text, parse_args
 from calm_min.device import autocast, pick_device, use_compile
@@ -40,17 +55,25 @@ from train import build_model, make_optimizer
 @dataclass
 class BenchConfig:
     """The benchmark's own options; the model sizes come from a training preset and its flags."""
-    what: str = 'all'              # all, generation, training, memory, flops
+    what: str = 'all'              # all, generation, training, memory, flops, profile
     gen_batch: int = 1             # sequences generated at once
     gen_tokens: int = 256          # new tokens per sequence
+    gen_compile: bool = True       # also time the compiled decoding step
     train_steps: int = 10
+    train_dtypes: str = ''         # training: comma-separated float32 / bfloat16 ('' = the preset's --dtype)
+    train_compile: str = 'auto'    # training: auto (as train.py), true, false, both
     positions: int = 4096          # memory: P positions (e.g. 16 sequences x 256 chunk positions)
     mem_variant: str = ''          # internal: run one memory variant in this process
     repeats: int = 3
 
     def validate(self):
-        if self.what not in ('all', 'generation', 'training', 'memory', 'flops'):
-            raise ConfigError(f"--what must be all, generation, training, memory or flops; got {self.what!r}")
+        if self.what not in ('all', 'generation', 'training', 'memory', 'flops', 'profile'):
+            raise ConfigError(f"--what must be all, generation, training, memory, flops or profile; got {self.what!r}")
+        if self.train_compile not in ('auto', 'true', 'false', 'both'):
+            raise ConfigError(f"--train_compile must be auto, true, false or both; got {self.train_compile!r}")
+        for d in filter(None, self.train_dtypes.split(',')):
+            if d not in ('float32', 'bfloat16', 'auto'):
+                raise ConfigError(f"--train_dtypes takes float32, bfloat16 or auto, comma-separated; got {d!r}")
         for name in ('gen_batch', 'gen_tokens', 'train_steps', 'positions', 'repeats'):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
@@ -71,13 +94,55 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+class Reference(nn.Module):
+    """A GPT-2-style language model in the manner of nanoGPT, the yardstick of this benchmark (written
+    here, a few dozen lines): learned positions, pre-LayerNorm blocks with biases, causal SDPA, a GELU
+    MLP of width 4d, a tied LM head; `generate` recomputes the whole window every step (no KV cache)."""
+
+    def __init__(self, vocab_size: int, n_layer: int, n_head: int, n_embd: int, block_size: int):
+        super().__init__()
+        self.n_head, self.block_size = n_head, block_size
+        self.tok = nn.Embedding(vocab_size, n_embd)
+        self.pos = nn.Embedding(block_size, n_embd)
+        self.blocks = nn.ModuleList(nn.ModuleDict({
+            'ln1': nn.LayerNorm(n_embd), 'qkv': nn.Linear(n_embd, 3 * n_embd), 'proj': nn.Linear(n_embd, n_embd),
+            'ln2': nn.LayerNorm(n_embd), 'fc': nn.Linear(n_embd, 4 * n_embd), 'out': nn.Linear(4 * n_embd, n_embd),
+        }) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+
+    def forward(self, x, targets=None, generator=None):
+        B, T = x.shape
+        h = self.tok(x) + self.pos(torch.arange(T, device=x.device))                 # (B, T, d)
+        for b in self.blocks:
+            q, k, v = b['qkv'](b['ln1'](h)).view(B, T, 3, self.n_head, -1).permute(2, 0, 3, 1, 4)  # (B, H, T, hd)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            h = h + b['proj'](y.transpose(1, 2).reshape(B, T, -1))
+            h = h + b['out'](F.gelu(b['fc'](b['ln2'](h))))
+        logits = self.ln_f(h) @ self.tok.weight.T                                     # (B, T, V)
+        loss = None if targets is None else F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, prompt, max_new_tokens, generator=None, **_):
+        x = prompt
+        for _ in range(max_new_tokens):
+            logits, _ = self(x[:, -self.block_size:])
+            probs = F.softmax(logits[:, -1].float(), -1)
+            x = torch.cat([x, torch.multinomial(probs, 1, generator=generator)], 1)
+        return x
+
+
 def models(cfg, device):
-    """A baseline and a CALM with the preset's sizes (random weights, the AE built in place)."""
+    """A baseline, a CALM (the AE built in place) and the reference with the preset's sizes (random weights)."""
     gpt = build_model(dataclasses.replace(cfg, model='gpt'), cfg.vocab_size, 0)
     ae = build_model(dataclasses.replace(cfg, model='ae'), cfg.vocab_size, 0)
     calm = build_model(dataclasses.replace(cfg, model='calm'), cfg.vocab_size, 0, ae=ae)
     torch.nn.init.normal_(calm.head.final_out.weight, std=0.02)  # a head that varies, as after training
-    return gpt.to(device).eval(), calm.to(device).eval()
+    ref = Reference(cfg.vocab_size, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size + 1)
+    return gpt.to(device).eval(), calm.to(device).eval(), ref.to(device).eval()
 
 
 def params_read_per_step(gpt, calm) -> dict:
@@ -91,30 +156,50 @@ def params_read_per_step(gpt, calm) -> dict:
     return {'gpt': n(gpt.backbone) + gpt.tok_emb.weight.numel(), 'calm': sum(parts.values()), 'calm_parts': parts}
 
 
+def best_time(fn, repeats: int, device) -> float:
+    best = float('inf')
+    for r in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn(torch.Generator(device=device).manual_seed(r))
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 @torch.no_grad()
-def bench_generation(bench, cfg, device, gpt, calm):
+def bench_generation(bench, cfg, device, gpt, calm, ref):
     B, n, K = bench.gen_batch, bench.gen_tokens, cfg.chunk_size
     prompt = torch.zeros(B, K, dtype=torch.long, device=device)
     amp = autocast(device, cfg.dtype)
+    runs = {'reference_nocache': lambda g: ref.generate(prompt, n, generator=g),
+            'gpt': lambda g: gpt.generate(prompt, n, generator=g),
+            'calm': lambda g: calm.generate(prompt, n, generator=g)}
+    if bench.gen_compile:
+        runs.update(gpt_compiled=lambda g: gpt.generate(prompt, n, generator=g, compile=True),
+                    calm_compiled=lambda g: calm.generate(prompt, n, generator=g, compile=True))
     res = {}
-    for name, fn in (('gpt', lambda g: gpt.generate(prompt, n, generator=g)),
-                     ('calm', lambda g: calm.generate(prompt, n, generator=g))):
-        with amp:
-            fn(torch.Generator(device=device).manual_seed(0))  # warm-up
-            best = float('inf')
-            for r in range(bench.repeats):
-                sync(device)
-                t0 = time.perf_counter()
-                fn(torch.Generator(device=device).manual_seed(r))
-                sync(device)
-                best = min(best, time.perf_counter() - t0)
-        res[f'{name}_tokens_per_s'] = B * n / best
-    res['speedup'] = res['calm_tokens_per_s'] / res['gpt_tokens_per_s']
+    with amp:
+        for fn in runs.values():                                  # warm-up (and compilation), untimed
+            fn(torch.Generator(device=device).manual_seed(0))
+        best = {name: float('inf') for name in runs}
+        for r in range(bench.repeats):                             # rounds alternate the variants
+            for name, fn in runs.items():
+                best[name] = min(best[name], best_time(fn, 1, device))
+    for name in runs:
+        res[f'{name}_tokens_per_s'] = B * n / best[name]
+    for name in runs:
+        if name != 'reference_nocache':
+            res[f'{name}_over_reference'] = best['reference_nocache'] / best[name]
+    res['speedup'] = best['gpt'] / best['calm']                   # CALM over the baseline, eager
     w = params_read_per_step(gpt, calm)
     res['params_read_per_step'] = w
     res['weight_bound_speedup'] = K * w['gpt'] / w['calm']
-    # where CALM's time goes: one generate() with a timer around each part it calls (instance wrappers,
-    # removed afterwards; the model's own loop runs unchanged)
+    if bench.gen_compile:
+        res['speedup_compiled'] = best['gpt_compiled'] / best['calm_compiled']
+        res['compiled_fraction_of_weight_bound'] = res['speedup_compiled'] / res['weight_bound_speedup']
+    # where CALM's time goes: one eager generate() with a timer around each part it calls (instance
+    # wrappers, removed afterwards; the model's own loop runs unchanged)
     parts = {'backbone': 0.0, 'head': 0.0, 'decoder': 0.0}
 
     def timed(part, f):
@@ -126,13 +211,14 @@ def bench_generation(bench, cfg, device, gpt, calm):
             parts[part] += time.perf_counter() - t0
             return out
         return wrapper
-    calm.hidden, calm.head.forward, calm.ae.decode = (timed('backbone', calm.hidden), timed('head', calm.head.forward),
-                                                      timed('decoder', calm.ae.decode))
+    calm.hidden, calm.head.transform, calm.ae.decode = (timed('backbone', calm.hidden),
+                                                        timed('head', calm.head.transform),
+                                                        timed('decoder', calm.ae.decode))
     try:
         with amp:
             calm.generate(prompt, n, generator=torch.Generator(device=device).manual_seed(0))
     finally:
-        del calm.hidden, calm.head.forward, calm.ae.decode
+        del calm.hidden, calm.head.transform, calm.ae.decode
     total = sum(parts.values())
     res['calm_time_share'] = {k: round(v / total, 3) for k, v in parts.items()}
     return res
@@ -146,39 +232,83 @@ def bench_flops(cfg, gpt, calm) -> dict:
             'calm_over_gpt_training': c['training'] / g['training']}
 
 
-def bench_training(bench, cfg, device, gpt, calm):
-    res = {}
-    amp = autocast(device, cfg.dtype)
+def bench_training(bench, cfg, device, gpt, calm, ref):
+    """Training tokens/s of every (model, dtype, compile) variant, rounds alternating the variants."""
+    dtypes = [d for d in bench.train_dtypes.split(',') if d] or [cfg.dtype]
+    compiles = {'auto': [use_compile(cfg.compile, device)], 'true': [True], 'false': [False],
+                'both': [False, True]}[bench.train_compile]
     g = torch.Generator().manual_seed(0)
-    compile_on = use_compile(cfg.compile, device)
-    res['compiled'] = compile_on
-    for name, model in (('gpt', gpt), ('calm', calm)):
-        model.train()
-        opt = make_optimizer(model, cfg, cfg.lr, device)
-        gm = torch.Generator(device=device).manual_seed(0)
-        fwd = torch.compile(model) if compile_on else model
-
-        s, window = model.tokens_per_step, model.train_window(cfg.block_size)
-        T = cfg.block_size // s * s                           # tokens of text per example (as train.py counts)
-
-        def step():
-            w = torch.randint(cfg.vocab_size, (cfg.batch_size, window), generator=g).to(device)
-            with amp:
-                _, loss = fwd(w[:, :-s], w[:, s:], generator=gm)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        for _ in range(2 if compile_on else 1):               # warm-up (and compilation)
+    steps = {}
+    for dtype in dtypes:
+        for comp in compiles:
+            for name, model in (('reference', ref), ('gpt', gpt), ('calm', calm)):
+                steps[f"{name}_{dtype}{'_compiled' if comp else ''}"] = _train_step(cfg, device, model, dtype, comp, g)
+    for step in steps.values():                                # warm-up (and compilation), untimed
+        for _ in range(2):
             step()
-        sync(device)
-        t0 = time.perf_counter()
+    best = {k: float('inf') for k in steps}
+    for _ in range(bench.repeats):
+        for k, step in steps.items():
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(bench.train_steps):
+                tokens = step()
+            sync(device)
+            best[k] = min(best[k], (time.perf_counter() - t0) / bench.train_steps)
+    res = {'tokens_per_step': tokens, 'train_tokens_per_s': {k: tokens / t for k, t in best.items()}}
+    ratios = {}
+    base = f'reference_{dtypes[0]}'
+    for k, t in best.items():
+        if not k.startswith('reference'):
+            same = 'reference_' + k.split('_', 1)[1]
+            ratios[f'{k}_over_{same}'] = best[same] / t
+        if k != base:
+            ratios[f'{k}_over_{base}'] = best[base] / t
+    res['ratios'] = ratios
+    for m in (gpt, calm, ref):
+        m.eval()
+    return res
+
+
+def _train_step(cfg, device, model, dtype, compile_on, g):
+    """A closure running one training step of `model` (forward, backward, AdamW) on random tokens;
+    returns the tokens of text it trained on. Each closure keeps its own optimizer."""
+    model.train()
+    opt = make_optimizer(model, cfg, cfg.lr, device)
+    gm = torch.Generator(device=device).manual_seed(0)
+    fwd = torch.compile(model) if compile_on else model
+    amp = autocast(device, dtype)
+    s = getattr(model, 'tokens_per_step', 1)
+    window = model.train_window(cfg.block_size) if hasattr(model, 'train_window') else cfg.block_size + 1
+    T = cfg.block_size // s * s                                  # tokens of text per example (as train.py counts)
+
+    def step():
+        model.train()
+        w = torch.randint(cfg.vocab_size, (cfg.batch_size, window), generator=g).to(device)
+        with amp:
+            _, loss = fwd(w[:, :-s], w[:, s:], generator=gm)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return cfg.batch_size * T
+    return step
+
+
+def bench_profile(bench, cfg, device, gpt) -> dict:
+    """The top-5 ops by self time over --train_steps float32 eager training steps of the baseline."""
+    from torch.profiler import ProfilerActivity, profile
+    step = _train_step(cfg, device, gpt, 'float32', False, torch.Generator().manual_seed(0))
+    step()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    with profile(activities=acts) as prof:
         for _ in range(bench.train_steps):
             step()
         sync(device)
-        res[f'{name}_train_tokens_per_s'] = cfg.batch_size * T * bench.train_steps / (time.perf_counter() - t0)
-        model.eval()
-    res['calm_over_gpt'] = res['calm_train_tokens_per_s'] / res['gpt_train_tokens_per_s']
-    return res
+    key = 'self_cuda_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+    table = prof.key_averages().table(sort_by=key, row_limit=5, max_name_column_width=40)
+    print(table)
+    gpt.eval()
+    return {'sort_by': key, 'table': table}
 
 
 def naive_energy_loss(x, y, alpha=1.0):
@@ -248,14 +378,18 @@ def main(bench: BenchConfig, cfg: TrainConfig, argv=()) -> dict:
     report = {'device': str(device), 'threads': threads, 'torch': torch.__version__,
               'sizes': {k: getattr(cfg, k) for k in ('vocab_size', 'n_layer', 'n_embd', 'chunk_size', 'latent_size',
                                                       'ae_dim', 'head_blocks', 'block_size', 'batch_size')}}
-    gpt, calm = models(cfg, device)
+    gpt, calm, ref = models(cfg, device)
+    report['params'] = {'gpt': sum(p.numel() for p in gpt.parameters()),
+                        'reference': sum(p.numel() for p in ref.parameters())}
+    if bench.what == 'profile':
+        report['profile'] = bench_profile(bench, cfg, device, gpt)
     if bench.what in ('all', 'generation'):
-        report['generation'] = bench_generation(bench, cfg, device, gpt, calm)
+        report['generation'] = bench_generation(bench, cfg, device, gpt, calm, ref)
         report['generation'].update(batch=bench.gen_batch, new_tokens=bench.gen_tokens)
     if bench.what in ('all', 'flops'):
         report['flops'] = bench_flops(cfg, gpt, calm)
     if bench.what in ('all', 'training'):
-        report['training'] = bench_training(bench, cfg, device, gpt, calm)
+        report['training'] = bench_training(bench, cfg, device, gpt, calm, ref)
     if bench.what in ('all', 'memory'):
         report['memory'] = bench_memory(bench, cfg, device, [a for a in argv if not a.startswith('--what')])
     print(json.dumps(report, indent=1))

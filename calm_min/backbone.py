@@ -41,8 +41,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        if _HAS_RMS_NORM:
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        if _HAS_RMS_NORM:  # under bf16 autocast x may be bf16: the fused kernel wants one dtype
+            return F.rms_norm(x, self.weight.shape, self.weight.to(x.dtype), self.eps)
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 

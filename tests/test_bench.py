@@ -14,18 +14,21 @@ def bench_cfg(*extra):
 
 
 def test_generation_and_training_report(capsys):
-    rep = bench.main(*bench_cfg('--what=all', '--positions=64'), ['--what=all'])
+    rep = bench.main(*bench_cfg('--what=all', '--positions=64', '--gen_compile=false',
+                                '--train_dtypes=float32,bfloat16'), ['--what=all'])
     gen = rep['generation']
-    assert gen['gpt_tokens_per_s'] > 0 and gen['calm_tokens_per_s'] > 0
+    assert gen['gpt_tokens_per_s'] > 0 and gen['calm_tokens_per_s'] > 0 and gen['reference_nocache_tokens_per_s'] > 0
     assert abs(sum(gen['calm_time_share'].values()) - 1) < 0.01
-    assert rep['training']['calm_train_tokens_per_s'] > 0
+    tps = rep['training']['train_tokens_per_s']
+    assert set(tps) == {f'{m}_{d}' for m in ('reference', 'gpt', 'calm') for d in ('float32', 'bfloat16')}
+    assert 'gpt_bfloat16_over_reference_float32' in rep['training']['ratios']
     assert rep['memory']['ours_peak_mib'] >= 0 and rep['memory']['naive_peak_mib'] > 0
     assert '"speedup"' in capsys.readouterr().out
 
 
 def test_params_read_per_step_by_hand():
     _, cfg = bench_cfg()
-    gpt, calm = bench.models(cfg, torch.device('cpu'))
+    gpt, calm, _ = bench.models(cfg, torch.device('cpu'))
     w = bench.params_read_per_step(gpt, calm)
     d, V, K, L, l = cfg.n_embd, cfg.vocab_size, cfg.chunk_size, cfg.n_layer, cfg.latent_size
     hid = 64 * -(-8 * d // (3 * 64))
@@ -45,3 +48,23 @@ def test_naive_energy_loss_agrees():
     x, y = torch.randn(4, 5, 3, generator=g), torch.randn(7, 5, 3, generator=g)
     for alpha in (1.0, 1.5):
         torch.testing.assert_close(bench.naive_energy_loss(x, y, alpha), energy_loss(x, y, alpha))
+
+
+def test_reference_is_causal_and_about_the_baselines_size():
+    """The yardstick: a future token never changes an earlier logit; parameters within 10% of the baseline's."""
+    _, cfg = bench_cfg()
+    gpt, _, ref = bench.models(cfg, torch.device('cpu'))
+    x = torch.randint(cfg.vocab_size, (2, 12))
+    y = x.clone()
+    y[:, 7:] = (y[:, 7:] + 1) % cfg.vocab_size
+    torch.testing.assert_close(ref(x)[0][:, :7], ref(y)[0][:, :7])
+    assert not torch.allclose(ref(x)[0][:, 7:], ref(y)[0][:, 7:])
+    n = lambda m: sum(p.numel() for p in m.parameters())
+    assert abs(n(ref) / n(gpt) - 1) < 0.1, (n(ref), n(gpt))
+    out = ref.generate(x[:, :3], 5, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 8) and torch.equal(out[:, :3], x[:, :3])
+
+
+def test_profile_prints_a_top5_table(capsys):
+    rep = bench.main(*bench_cfg('--what=profile'), ['--what=profile'])
+    assert 'Self CPU' in rep['profile']['table']
