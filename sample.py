@@ -19,7 +19,7 @@ import torch
 
 from calm_min.checkpoint import CheckpointError, load_model
 from calm_min.config import ConfigError, SampleConfig, run_cli
-from calm_min.device import pick_device
+from calm_min.device import pick_device, use_compile
 from calm_min.sampling import SamplingBudgetExceeded
 from calm_min.tokenizer import Tokenizer
 
@@ -45,7 +45,8 @@ def main(cfg: SampleConfig) -> list[str]:
     texts = []
     for i in range(0, cfg.num_samples, 64):                  # at most 64 sequences at once: bounded memory
         idx = torch.tensor([ids] * min(64, cfg.num_samples - i), dtype=torch.long, device=device)
-        texts += [tok.decode(row[1:]) for row in model.generate(idx, cfg.max_new_tokens, sampler, generator=g).tolist()]
+        texts += [tok.decode(row[1:]) for row in model.generate(idx, cfg.max_new_tokens, sampler, generator=g,
+                                                                    compile=use_compile(cfg.compile, device)).tolist()]
     dt = time.time() - t0
     for i, t in enumerate(texts):
         print(f"--- sample {i + 1} ---\n{t}")

@@ -34,7 +34,7 @@ from calm_min.checkpoint import (CheckpointError, load_autoencoder, load_checkpo
                                  state_hash)
 from calm_min.config import ConfigError, TrainConfig, run_cli
 from calm_min.data import ChunkIndex, DataError, eval_blocks, lm_batch, load_corpus
-from calm_min.device import autocast, pick_device, use_compile
+from calm_min.device import autocast, peak_bf16_flops, pick_device, use_compile
 from calm_min.gpt import GPT
 
 class TrainingDiverged(RuntimeError):
@@ -300,6 +300,7 @@ def train(cfg: TrainConfig, corpus, dist: Dist) -> dict:
 
     tokens_per_step = tokens_per_micro * cfg.grad_accum * dist.world
     flops_per_step = 0.0 if is_ae else tokens_per_step * model.flops_per_token(cfg.block_size)['training']
+    peak = peak_bf16_flops(device) if flops_per_step else None
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     dist.log(f"{cfg.model}: {n_params / 1e6:.2f}M trainable parameters on {device}, {max_iters} iterations, "
              f"{tokens_per_micro * cfg.grad_accum * dist.world:,} tokens per iteration")
@@ -367,7 +368,9 @@ def train(cfg: TrainConfig, corpus, dist: Dist) -> dict:
                 tps = tokens_per_micro * cfg.grad_accum * dist.world * n_done / dt
                 eta = (max_iters - it - 1) * dt / n_done
                 rec = {'kind': 'train', 'iter': it + 1, 'loss': total, 'lr': lr, 'tok_per_s': tps, 'eta_s': eta,
-                   'train_flops': (it + 1) * flops_per_step}
+                       'train_flops': (it + 1) * flops_per_step}
+                if peak:                                      # model FLOPs utilisation, all ranks together
+                    rec['mfu'] = flops_per_step * n_done / dt / (peak * dist.world)
                 if isinstance(out, dict):
                     rec.update({k: v.item() for k, v in out.items() if v.dim() == 0})
                 record(rec)

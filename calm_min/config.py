@@ -320,10 +320,12 @@ class SampleConfig:
     max_draws: int = 100000            # calm 'exact' sampler: bound on draws per chunk
     seed: int = 1337
     device: str = 'auto'
+    compile: str = 'auto'              # the decoding step as one compiled graph: auto (on for CUDA), true, false
 
     def validate(self):
         _finite(self)
         _positive(self, 'max_new_tokens', 'num_samples')
+        _choice(self, 'compile', ('auto', 'true', 'false'))
         self.make_sampler()
 
     def make_sampler(self) -> Sampler:

@@ -65,3 +65,16 @@ def compiled_decode_step(model):
         fn = torch.compile(model.decode_step, fullgraph=True, dynamic=False)
         model.__dict__['_compiled_decode_step'] = fn
     return fn
+
+
+# dense bf16 peak FLOP/s of common accelerators (vendor datasheets, no sparsity), for MFU
+PEAK_BF16 = {'H200': 989e12, 'H100 SXM': 989e12, 'H100 NVL': 835e12, 'H100 PCIe': 756e12, 'H100': 989e12,
+             'A100': 312e12, 'L40S': 362e12, 'L4': 121e12, 'A10G': 70e12, 'A10': 125e12}
+
+
+def peak_bf16_flops(device: torch.device) -> float | None:
+    """The device's dense bf16 peak FLOP/s (per GPU) from its CUDA name, or None (CPU, unknown GPU)."""
+    if device.type != 'cuda':
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)

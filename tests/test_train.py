@@ -114,3 +114,19 @@ def test_resumed_log_has_no_duplicate_records(train_cfg):
     recs = [json.loads(l) for l in cfg.ckpt_path.with_suffix('.jsonl').read_text().splitlines()]
     keys = [(r['kind'], r['iter']) for r in recs]
     assert len(keys) == len(set(keys)) and ('train', 6) in keys
+
+
+def test_mfu_is_logged_against_the_device_peak(train_cfg, monkeypatch):
+    """Where the device's bf16 peak is known (CUDA), each train record has mfu = achieved training
+    FLOP/s / peak; here a fake peak of 1 GFLOP/s stands in for a GPU's."""
+    from calm_min.device import peak_bf16_flops
+    assert peak_bf16_flops(torch.device('cpu')) is None
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda *a: 'NVIDIA H200')
+    assert peak_bf16_flops(torch.device('cuda')) == 989e12
+    monkeypatch.setattr(train, 'peak_bf16_flops', lambda device: 1e9)
+    train.main(train_cfg)
+    recs = [json.loads(line) for line in train_cfg.ckpt_path.with_suffix('.jsonl').read_text().splitlines()]
+    rec = [r for r in recs if r['kind'] == 'train'][-1]
+    flops_per_step = rec['train_flops'] / rec['iter']
+    tokens_per_step = train_cfg.batch_size * train_cfg.grad_accum * train_cfg.block_size
+    assert rec['mfu'] == pytest.approx(flops_per_step * rec['tok_per_s'] / tokens_per_step / 1e9, rel=1e-6)
