@@ -36,7 +36,11 @@ def use_compile(choice: str, device: torch.device) -> bool:
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU does bf16 arithmetic in hardware (x86 avx512_bf16 or AMX; read on Linux only)."""
+    """Whether this CPU does bf16 arithmetic in hardware (x86 avx512_bf16 or AMX), as torch reads its
+    CPU capability (`torch.cpu._is_avx512_bf16_supported`); /proc/cpuinfo where torch lacks that call."""
+    probe = [getattr(torch.cpu, n, None) for n in ('_is_avx512_bf16_supported', '_is_amx_tile_supported')]
+    if all(probe):
+        return any(f() for f in probe)
     try:
         with open('/proc/cpuinfo') as f:
             flags = next((line for line in f if line.startswith('flags')), '')
