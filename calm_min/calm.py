@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .autoencoder import Autoencoder
-from .backbone import Backbone, BackboneConfig, StaticKVCache, TreeRollout, cache_length, init_weights
+from .backbone import Backbone, BackboneConfig, KVCache, TreeRollout, cache_length, init_weights
 from .device import compiled_decode_step
 from .brierlm import NGRAM
 from .energy_head import EnergyHead, energy_loss
@@ -188,10 +188,11 @@ class CALM(nn.Module):
                 out.append(torch.stack(rows))
         return torch.stack(out).view(n, *h.shape[:-1], self.chunk_size)       # (n, ..., K)
 
-    def decode_step(self, chunk: torch.Tensor, cache: StaticKVCache, eps: torch.Tensor) -> torch.Tensor:
-        """One decoding step at T = 1 with fixed shapes (compiles to one graph): the last chunk (B, K) and
-        the head's input noise eps (1, B, noise_size) -> the next chunk (B, K): backbone step, one head
-        sample, AE decoder (argmax). `cache` advances by one position."""
+    def decode_step(self, chunk: torch.Tensor, cache: KVCache, eps: torch.Tensor) -> torch.Tensor:
+        """One decoding step at T = 1: the last chunk (B, K) and the head's input noise eps
+        (1, B, noise_size) -> the next chunk (B, K): backbone step, one head sample, AE decoder (argmax).
+        `cache` advances by one position. With a StaticKVCache every step has the same shapes, so the
+        step compiles to one graph (`generate(compile=True)`)."""
         h = self.hidden(chunk[:, None], cache)[:, -1]                         # (B, d)
         return self.ae.decode(self.head.transform(h, eps))[0]                 # (B, K)
 
@@ -210,8 +211,9 @@ class CALM(nn.Module):
         n_steps = -(-max_new_tokens // self.chunk_size)
         new = []
         if use_cache:
+            # compiled: a static cache (fixed shapes); eager: the growing cache (attends to the filled part only)
             cache = self.backbone.make_cache(x.shape[0], cache_length(x.shape[1] + n_steps), x.device,
-                                             self.tok_emb.weight.dtype, static=True)
+                                             self.tok_emb.weight.dtype, static=compile)
             h = self.hidden(x, cache)[:, -1]                                  # (B, d): the prompt, once
             new.append(self.sample_chunks(h, 1, sampler, generator)[0])       # (B, K)
             step = compiled_decode_step(self) if compile else self.decode_step

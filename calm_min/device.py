@@ -63,7 +63,7 @@ def autocast(device: torch.device, dtype: str = 'auto'):
 def compiled_decode_step(model):
     """`model.decode_step` through torch.compile as one whole graph with static shapes (no graph breaks:
     fullgraph=True fails loudly rather than falling back op by op). Compiled on first use and kept on
-    the model; a new batch size or cache length compiles another graph."""
+    the model; a new batch size, cache length, dtype or device compiles another graph (dynamo's guards)."""
     fn = model.__dict__.get('_compiled_decode_step')
     if fn is None:
         fn = torch.compile(model.decode_step, fullgraph=True, dynamic=False)

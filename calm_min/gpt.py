@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbone import Backbone, BackboneConfig, StaticKVCache, TreeRollout, cache_length, init_weights
+from .backbone import Backbone, BackboneConfig, KVCache, TreeRollout, cache_length, init_weights
 from .brierlm import NGRAM
 from .flops import gpt_per_token
 from .device import compiled_decode_step
@@ -63,10 +63,11 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         return logits, loss
 
-    def decode_step(self, x: torch.Tensor, cache: StaticKVCache, u: torch.Tensor, temperature: float = 1.0,
+    def decode_step(self, x: torch.Tensor, cache: KVCache, u: torch.Tensor, temperature: float = 1.0,
                     top_k: int = 0) -> torch.Tensor:
-        """One decoding step with fixed shapes (compiles to one graph): the last tokens x (B, 1) and the
-        sampling noise u (B, V) ~ U(0, 1) -> the next tokens (B, 1); `cache` advances by one position."""
+        """One decoding step: the last tokens x (B, 1) and the sampling noise u (B, V) ~ U(0, 1) -> the
+        next tokens (B, 1); `cache` advances by one position. With a StaticKVCache every step has the
+        same shapes, so the step compiles to one graph (`generate(compile=True)`)."""
         h = self.backbone(self.tok_emb(x), cache=cache)[:, -1]               # (B, d)
         return pick_token(self.lm_head(h), u, temperature, top_k)[:, None]   # (B, 1)
 
@@ -86,8 +87,9 @@ class GPT(nn.Module):
                 out = torch.cat([out, sample_logits(logits[:, -1], T, k, generator)[:, None]], 1)
             return out
         B, V = prompt.shape[0], self.cfg.vocab_size
+        # compiled: a static cache (fixed shapes); eager: the growing cache, which attends to the filled part only
         cache = self.backbone.make_cache(B, cache_length(prompt.shape[1] + max_new_tokens), prompt.device,
-                                         self.tok_emb.weight.dtype, static=True)
+                                         self.tok_emb.weight.dtype, static=compile)
         step = compiled_decode_step(self) if compile else self.decode_step
         x, new = prompt, []
         for i in range(max_new_tokens):
