@@ -98,6 +98,7 @@ class Reference(nn.Module):
     """A GPT-2-style language model in the manner of nanoGPT, the yardstick of this benchmark (written
     here, a few dozen lines): learned positions, pre-LayerNorm blocks with biases, causal SDPA, a GELU
     MLP of width 4d, a tied LM head; `generate` recomputes the whole window every step (no KV cache)."""
+    tokens_per_step = 1
 
     def __init__(self, vocab_size: int, n_layer: int, n_head: int, n_embd: int, block_size: int):
         super().__init__()
@@ -112,6 +113,10 @@ class Reference(nn.Module):
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=0.02)
+
+    @staticmethod
+    def train_window(block_size: int) -> int:
+        return block_size + 1
 
     def forward(self, x, targets=None, generator=None):
         B, T = x.shape
@@ -156,15 +161,13 @@ def params_read_per_step(gpt, calm) -> dict:
     return {'gpt': n(gpt.backbone) + gpt.tok_emb.weight.numel(), 'calm': sum(parts.values()), 'calm_parts': parts}
 
 
-def best_time(fn, repeats: int, device) -> float:
-    best = float('inf')
-    for r in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn(torch.Generator(device=device).manual_seed(r))
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
+def seconds(fn, device, seed: int) -> float:
+    """Wall time of fn(generator) on `device`."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn(torch.Generator(device=device).manual_seed(seed))
+    sync(device)
+    return time.perf_counter() - t0
 
 
 @torch.no_grad()
@@ -185,7 +188,7 @@ def bench_generation(bench, cfg, device, gpt, calm, ref):
         best = {name: float('inf') for name in runs}
         for r in range(bench.repeats):                             # rounds alternate the variants
             for name, fn in runs.items():
-                best[name] = min(best[name], best_time(fn, 1, device))
+                best[name] = min(best[name], seconds(fn, device, r))
     for name in runs:
         res[f'{name}_tokens_per_s'] = B * n / best[name]
     for name in runs:
@@ -252,10 +255,10 @@ def bench_training(bench, cfg, device, gpt, calm, ref):
             sync(device)
             t0 = time.perf_counter()
             for _ in range(bench.train_steps):
-                tokens = step()
+                step()
             sync(device)
             best[k] = min(best[k], (time.perf_counter() - t0) / bench.train_steps)
-    res = {'tokens_per_step': tokens, 'train_tokens_per_s': {k: tokens / t for k, t in best.items()}}
+    res = {'train_tokens_per_s': {k: steps[k].tokens / t for k, t in best.items()}}
     ratios = {}
     base = f'reference_{dtypes[0]}'
     for k, t in best.items():
@@ -272,25 +275,23 @@ def bench_training(bench, cfg, device, gpt, calm, ref):
 
 def _train_step(cfg, device, model, dtype, compile_on, g):
     """A closure running one training step of `model` (forward, backward, AdamW) on random tokens;
-    returns the tokens of text it trained on. Each closure keeps its own optimizer."""
+    its `tokens` attribute is the tokens of text one step trains on. Each closure keeps its own optimizer."""
     model.train()
     opt = make_optimizer(model, cfg, cfg.lr, device)
     gm = torch.Generator(device=device).manual_seed(0)
     fwd = torch.compile(model) if compile_on else model
     amp = autocast(device, dtype)
-    s = getattr(model, 'tokens_per_step', 1)
-    window = model.train_window(cfg.block_size) if hasattr(model, 'train_window') else cfg.block_size + 1
+    s, window = model.tokens_per_step, model.train_window(cfg.block_size)
     T = cfg.block_size // s * s                                  # tokens of text per example (as train.py counts)
 
     def step():
-        model.train()
         w = torch.randint(cfg.vocab_size, (cfg.batch_size, window), generator=g).to(device)
         with amp:
             _, loss = fwd(w[:, :-s], w[:, s:], generator=gm)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return cfg.batch_size * T
+    step.tokens = cfg.batch_size * T
     return step
 
 

@@ -21,8 +21,8 @@ from einops import rearrange
 
 from .autoencoder import Autoencoder
 from .backbone import Backbone, BackboneConfig, KVCache, TreeRollout, cache_length, init_weights
-from .device import compiled_decode_step
 from .brierlm import NGRAM
+from .device import compiled_decode_step
 from .energy_head import EnergyHead, energy_loss
 from .flops import calm_per_token
 from .sampling import (Sampler, batch_temperature_sample, check_temperature, exact_temperature_sample,

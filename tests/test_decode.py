@@ -1,5 +1,5 @@
-"""Overhead-free generation: the static-shape decoding step, eager and compiled (torch.compile), gives
-the tokens of the reference paths for a fixed generator."""
+"""Overhead-free generation: the decoding step, eager (growing cache) and compiled (torch.compile over a
+StaticKVCache), gives the tokens of the no-cache reference for a fixed generator."""
 import pytest
 import torch
 
@@ -30,8 +30,9 @@ def compiler():
 
 
 @pytest.mark.parametrize('sampler', [Sampler(), Sampler(temperature=0.7, top_k=5)])
-def test_static_decode_step_equals_reference(sampler):
-    """Eager static-cache decoding == full recomputation every step (no cache), same generator."""
+def test_cached_generation_equals_reference(sampler):
+    """Eager cached decoding (`decode_step` at T = 1, the sampler below) == full recomputation every
+    step (no cache), same generator."""
     gpt, calm = models()
     prompt = torch.randint(50, (3, 6))
     for model in (gpt, calm):
