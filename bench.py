@@ -18,6 +18,8 @@ generation: tokens/s at batch --gen_batch for the reference without a KV cache (
   (`generate(compile=True)`; --gen_compile=false skips it), each as a multiple of the reference;
   the share of CALM's (eager) time in backbone, energy head and AE decoder; the parameters each step
   multiplies with and the speedup they allow when weight reads bound a step (batch 1): K * gpt / calm.
+  --dtype picks the dtype of all three models' weights (bfloat16: cast, no autocast). With the
+  compiled step, 'calm_compiled_ms' sets the whole step beside its parts compiled and timed apart.
   The CALM-only parts (compression, head, decoder) are a fixed cost per step, large beside a tiny
   backbone: compare config/tiny.py with config/gpu_small.py.
 training:   tokens of text per second of a full training step (forward, backward, AdamW) for the
@@ -35,8 +37,10 @@ memory:     peak memory of energy_loss (forward + backward) at N samples, M targ
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -46,8 +50,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from calm_min.backbone import cache_length
 from calm_min.config import ConfigError, TrainConfig, help_text, parse_args
-from calm_min.device import autocast, pick_device, use_compile
+from calm_min.device import (autocast, decode_cache_dtype, decode_compile_options, pick_device, resolve_dtype,
+                             use_compile)
 from calm_min.energy_head import energy_loss
 from train import build_model, make_optimizer
 
@@ -174,21 +180,22 @@ def seconds(fn, device, seed: int) -> float:
 def bench_generation(bench, cfg, device, gpt, calm, ref):
     B, n, K = bench.gen_batch, bench.gen_tokens, cfg.chunk_size
     prompt = torch.zeros(B, K, dtype=torch.long, device=device)
-    amp = autocast(device, cfg.dtype)
+    dtype = resolve_dtype(device, cfg.dtype)       # --dtype: all three models' weights in this dtype
+    if dtype != torch.float32:
+        gpt, calm, ref = (copy.deepcopy(m).to(dtype) for m in (gpt, calm, ref))
     runs = {'reference_nocache': lambda g: ref.generate(prompt, n, generator=g),
             'gpt': lambda g: gpt.generate(prompt, n, generator=g),
             'calm': lambda g: calm.generate(prompt, n, generator=g)}
     if bench.gen_compile:
         runs.update(gpt_compiled=lambda g: gpt.generate(prompt, n, generator=g, compile=True),
                     calm_compiled=lambda g: calm.generate(prompt, n, generator=g, compile=True))
-    res = {}
-    with amp:
-        for fn in runs.values():                                  # warm-up (and compilation), untimed
-            fn(torch.Generator(device=device).manual_seed(0))
-        best = {name: float('inf') for name in runs}
-        for r in range(bench.repeats):                             # rounds alternate the variants
-            for name, fn in runs.items():
-                best[name] = min(best[name], seconds(fn, device, r))
+    res = {'dtype': str(dtype).removeprefix('torch.')}
+    for fn in runs.values():                                      # warm-up (and compilation), untimed
+        fn(torch.Generator(device=device).manual_seed(0))
+    best = {name: float('inf') for name in runs}
+    for r in range(bench.repeats):                                 # rounds alternate the variants
+        for name, fn in runs.items():
+            best[name] = min(best[name], seconds(fn, device, r))
     for name in runs:
         res[f'{name}_tokens_per_s'] = B * n / best[name]
     for name in runs:
@@ -201,6 +208,7 @@ def bench_generation(bench, cfg, device, gpt, calm, ref):
     if bench.gen_compile:
         res['speedup_compiled'] = best['gpt_compiled'] / best['calm_compiled']
         res['compiled_fraction_of_weight_bound'] = res['speedup_compiled'] / res['weight_bound_speedup']
+        res['calm_compiled_ms'] = compiled_parts_apart(calm, B, device, bench.repeats)
     # where CALM's time goes: one eager generate() with a timer around each part it calls (instance
     # wrappers, removed afterwards; the model's own loop runs unchanged)
     parts = {'backbone': 0.0, 'head': 0.0, 'decoder': 0.0}
@@ -218,13 +226,47 @@ def bench_generation(bench, cfg, device, gpt, calm, ref):
                                                         timed('head', calm.head.transform),
                                                         timed('decoder', calm.ae.decode))
     try:
-        with amp:
-            calm.generate(prompt, n, generator=torch.Generator(device=device).manual_seed(0))
+        calm.generate(prompt, n, generator=torch.Generator(device=device).manual_seed(0))
     finally:
         del calm.hidden, calm.head.transform, calm.ae.decode
     total = sum(parts.values())
     res['calm_time_share'] = {k: round(v / total, 3) for k, v in parts.items()}
     return res
+
+
+def compiled_parts_apart(calm, B: int, device, rounds: int) -> dict:
+    """ms per call of CALM's compiled decoding step ('step') and of its parts, each compiled apart and
+    called 64 times in a row ('compress', 'backbone', 'head', 'decoder'; median over rounds). Called
+    alone and over and over, a part keeps its weights in the CPU's caches; the whole step reads all
+    of CALM's weights once per call. 'parts_sum' > 'step' would mean compiling as one graph costs
+    time; 'step' > 'parts_sum' means the step pays for reading weights that no longer fit in cache."""
+    opts = decode_compile_options()
+    comp = lambda f: torch.compile(f, fullgraph=True, dynamic=False, options=opts)
+    dtype = calm.tok_emb.weight.dtype
+    cache = calm.backbone.make_cache(B, cache_length(65), device, decode_cache_dtype(device, dtype), static=True)
+    chunk = torch.zeros(B, calm.chunk_size, dtype=torch.long, device=device)                 # (B, K)
+    h = torch.zeros(B, calm.backbone.cfg.n_embd, dtype=dtype, device=device)                 # (B, d)
+    eps = calm.head.noise(h, 1)                                                              # (1, B, noise)
+    fns = {'step': (comp(calm.decode_step), (chunk, cache, eps)),
+           'compress': (comp(calm.embed), (chunk[:, None],)),
+           'backbone': (comp(lambda e, c: calm.backbone(e, c)), (calm.embed(chunk[:, None]), cache)),
+           'head': (comp(calm.head.transform), (h, eps)),
+           'decoder': (comp(calm.ae.decode), (calm.head.transform(h, eps),))}
+
+    def ms(f, args):
+        cache.pos.zero_()
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(64):
+            f(*args)
+        sync(device)
+        return (time.perf_counter() - t0) / 64 * 1e3
+    for f, args in fns.values():                                  # compile, untimed
+        ms(f, args)
+    times = {name: [ms(f, args) for _ in range(rounds)] for name, (f, args) in fns.items()}
+    out = {name: round(statistics.median(t), 3) for name, t in times.items()}
+    out['parts_sum'] = round(sum(v for k, v in out.items() if k != 'step'), 3)
+    return out
 
 
 def bench_flops(cfg, gpt, calm) -> dict:

@@ -176,11 +176,10 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (B, H, T, hd)
         q, k = rope(q, *rot), rope(k, *rot)
         is_causal = mask is None and T > 1
-        if cache is not None:
+        if cache is not None:  # attention runs in the cache's dtype (`device.decode_cache_dtype`)
             k, v, mask, is_causal = cache.update(layer, k, v, mask)                               # (B, H, S, hd)
-            k, v = k.to(q.dtype), v.to(q.dtype)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)        # (B, H, T, hd)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, T, hd)
+        return self.proj(y.to(x.dtype).transpose(1, 2).reshape(B, T, C))
 
 
 class Block(nn.Module):

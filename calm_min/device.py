@@ -49,15 +49,41 @@ def cpu_has_bf16() -> bool:
     return ' avx512_bf16' in flags or ' amx_bf16' in flags
 
 
-def autocast(device: torch.device, dtype: str = 'auto'):
-    """bf16 autocast where it is fast, else a no-op context. 'auto': CUDA with bf16, or a CPU with
-    hardware bf16 (measured 2.2x the fp32 training throughput of the tiny models on such a CPU;
-    emulated bf16 on other CPUs would be slower than fp32, so there 'auto' stays float32)."""
+def resolve_dtype(device: torch.device, dtype: str = 'auto') -> torch.dtype:
+    """--dtype as a torch dtype. 'auto': bfloat16 on CUDA with bf16 and on a CPU with hardware bf16
+    (measured 2.2x the fp32 training throughput of the tiny models on such a CPU; emulated bf16 on
+    other CPUs would be slower than fp32), else float32."""
     fast = (device.type == 'cuda' and torch.cuda.is_bf16_supported()) or (device.type == 'cpu' and cpu_has_bf16())
-    use_bf16 = dtype == 'bfloat16' or (dtype == 'auto' and fast)
-    if use_bf16:
+    return torch.bfloat16 if dtype == 'bfloat16' or (dtype == 'auto' and fast) else torch.float32
+
+
+def autocast(device: torch.device, dtype: str = 'auto'):
+    """Training's precision: bf16 autocast (weights and optimiser in float32) where `resolve_dtype`
+    says bfloat16, else a no-op context."""
+    if resolve_dtype(device, dtype) == torch.bfloat16:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def decode_cache_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The KV cache's dtype for generation with weights in `dtype`. On CPU always float32: there,
+    attention with one bf16 query over a bf16 cache ran 3-4x slower than in float32 (the tiny models,
+    2 cores; README, *Throughput*), while the cache is small beside the weights. Elsewhere the weights'
+    dtype (bf16 FlashAttention on CUDA)."""
+    return torch.float32 if device.type == 'cpu' else dtype
+
+
+def decode_compile_options() -> dict:
+    """Inductor options for the decoding step. At batch 1 every matrix product is a matrix-vector
+    product (M = 1); inductor's memory-bound-mm pass writes those (on CPU: M = 1, other sides <= 2048)
+    as its own fused, vectorised reductions instead of calling the BLAS once per product, which here
+    costs more than the arithmetic (measured on 2 CPU cores: the tiny baseline's compiled step 3.9x
+    faster, CALM's 2.6x; README, *Throughput*). The pass only fires on CUDA for M >= 10240, so it does
+    nothing to CUDA decoding. Empty where this torch's inductor lacks the option."""
+    from torch._inductor import config as inductor_config
+    if not hasattr(inductor_config, 'post_grad_fusion_options'):
+        return {}
+    return {'post_grad_fusion_options': {**inductor_config.post_grad_fusion_options, 'decompose_mm_pass': {}}}
 
 
 def compiled_decode_step(model):
@@ -66,7 +92,7 @@ def compiled_decode_step(model):
     the model; a new batch size, cache length, dtype or device compiles another graph (dynamo's guards)."""
     fn = model.__dict__.get('_compiled_decode_step')
     if fn is None:
-        fn = torch.compile(model.decode_step, fullgraph=True, dynamic=False)
+        fn = torch.compile(model.decode_step, fullgraph=True, dynamic=False, options=decode_compile_options())
         model.__dict__['_compiled_decode_step'] = fn
     return fn
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .backbone import Backbone, BackboneConfig, KVCache, TreeRollout, cache_length, init_weights
 from .brierlm import NGRAM
 from .flops import gpt_per_token
-from .device import compiled_decode_step
+from .device import compiled_decode_step, decode_cache_dtype
 from .sampling import Sampler, pick_token, sample_logits
 
 
@@ -89,7 +89,7 @@ class GPT(nn.Module):
         B, V = prompt.shape[0], self.cfg.vocab_size
         # compiled: a static cache (fixed shapes); eager: the growing cache, which attends to the filled part only
         cache = self.backbone.make_cache(B, cache_length(prompt.shape[1] + max_new_tokens), prompt.device,
-                                         self.tok_emb.weight.dtype, static=compile)
+                                         decode_cache_dtype(prompt.device, self.tok_emb.weight.dtype), static=compile)
         step = compiled_decode_step(self) if compile else self.decode_step
         x, new = prompt, []
         for i in range(max_new_tokens):
