@@ -321,11 +321,13 @@ class SampleConfig:
     seed: int = 1337
     device: str = 'auto'
     compile: str = 'auto'              # the decoding step as one compiled graph: auto (on for CUDA), true, false
+    dtype: str = 'float32'             # the weights while sampling: float32, bfloat16 (cast), auto (bf16 where fast)
 
     def validate(self):
         _finite(self)
         _positive(self, 'max_new_tokens', 'num_samples')
         _choice(self, 'compile', ('auto', 'true', 'false'))
+        _choice(self, 'dtype', ('auto', 'float32', 'bfloat16'))
         self.make_sampler()
 
     def make_sampler(self) -> Sampler:

@@ -37,6 +37,15 @@ def test_sample_both_kinds(trained, capsys):
         sample.main(SampleConfig(ckpt=calm, temperature=0.7, sampler='batch', device='cpu'))
 
 
+def test_sample_bfloat16(trained):
+    """--dtype=bfloat16 casts the weights (the KV cache stays float32 on CPU) and still samples text;
+    at temperature 1 each CALM step draws head noise in the weights' dtype."""
+    for kind in ('gpt', 'calm'):
+        texts = sample.main(SampleConfig(ckpt=trained.out_dir + f'/{kind}.pt', prompt='The nation', dtype='bfloat16',
+                                         max_new_tokens=8, num_samples=2, device='cpu', compile='false'))
+        assert len(texts) == 2 and all(t.startswith('The nation') for t in texts)
+
+
 def test_sample_prompt_file(trained, tmp_path):
     p = tmp_path / 'prompt.txt'
     p.write_text('Peace and')
