@@ -9,6 +9,7 @@ import torch
 import train
 from calm_min.checkpoint import load_checkpoint, load_model
 from conftest import ROOT
+from test_decode import compiler  # noqa: F401  (the fixture: skips where torch.compile is unavailable)
 
 pytestmark = pytest.mark.slow
 
@@ -77,3 +78,18 @@ def test_every_planted_bug_is_caught():
     r = subprocess.run([sys.executable, str(ROOT / 'tests' / 'mutation_check.py')], cwd=ROOT,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0 and r.stdout.count('CAUGHT') == 9, r.stdout + r.stderr
+
+
+def test_bench_compiled_paths(compiler):
+    """bench.py's compiled variants at the test sizes: compiled and eager training of the three models
+    (--train_compile=both), and bf16 generation with the compiled step and CALM's parts compiled apart."""
+    from test_bench import bench_cfg
+    import bench
+    rep = bench.main(*bench_cfg('--what=training', '--train_compile=both'), ['--what=training'])
+    tps = rep['training']['train_tokens_per_s']
+    assert set(tps) == {f'{m}_float32{c}' for m in ('reference', 'gpt', 'calm') for c in ('', '_compiled')}
+    assert all(v > 0 for v in tps.values()) and 'gpt_float32_compiled_over_reference_float32_compiled' in rep['training']['ratios']
+    gen = bench.main(*bench_cfg('--what=generation', '--dtype=bfloat16'), ['--what=generation'])['generation']
+    assert gen['dtype'] == 'bfloat16' and gen['calm_compiled_tokens_per_s'] > 0
+    assert set(gen['calm_compiled_ms']) == {'step', 'compress', 'backbone', 'head', 'decoder', 'parts_sum'}
+    assert all(v > 0 for v in gen['calm_compiled_ms'].values())
