@@ -204,9 +204,10 @@ class CALM(nn.Module):
                  compile: bool = False) -> torch.Tensor:
         """prompt (B, T0) -> (B, T0 + max_new_tokens). The prompt is left-padded to whole chunks
         (`pad_prompt`, padding removed from the output); ceil(max_new_tokens / K) chunks are generated,
-        one backbone step each, and the output cut to max_new_tokens. With the cache, the prompt runs
-        once; at T = 1 each further chunk is one `decode_step` (compile=True: a compiled graph, the same
-        chunks), below T = 1 a backbone step and the sampler (`sample_chunks`). use_cache=False
+        one backbone step each, and the output cut to max_new_tokens. With the cache, the prompt but its
+        last chunk runs once (prefill); then at T = 1 each chunk is one `decode_step` from the chunk
+        before (compile=True: a compiled graph, the same chunks), below T = 1 a backbone step and the
+        sampler (`sample_chunks`). use_cache=False
         recomputes the whole prefix every step (the reference for tests). The same generator gives
         the same chunks on every path."""
         x = self.chunks(self.pad_prompt(prompt))                              # (B, L0, K)
@@ -216,16 +217,18 @@ class CALM(nn.Module):
             # compiled: a static cache (fixed shapes); eager: the growing cache (attends to the filled part only)
             cache = self.backbone.make_cache(x.shape[0], cache_length(x.shape[1] + n_steps), x.device,
                                              decode_cache_dtype(x.device, self.tok_emb.weight.dtype), static=compile)
-            h = self.hidden(x, cache)[:, -1]                                  # (B, d): the prompt, once
-            new.append(self.sample_chunks(h, 1, sampler, generator)[0])       # (B, K)
+            if x.shape[1] > 1:
+                self.hidden(x[:, :-1], cache)                                 # prefill, eager
             step = compiled_decode_step(self) if compile else self.decode_step
-            for _ in range(n_steps - 1):
+            last = x[:, -1]                                                   # (B, K)
+            like_h = self.tok_emb.weight.new_empty(x.shape[0], self.backbone.cfg.n_embd)  # the noise's shape and dtype
+            for _ in range(n_steps):
                 if sampler.temperature == 1.0:
-                    new.append(step(new[-1], cache, self.head.noise(h, 1, generator)))   # (B, K)
+                    last = step(last, cache, self.head.noise(like_h, 1, generator))   # (B, K)
                 else:
-                    h = self.hidden(new[-1][:, None], cache)[:, -1]
-                    new.append(self.sample_chunks(h, 1, sampler, generator)[0])
-            new = [c[:, None] for c in new]
+                    h = self.hidden(last[:, None], cache)[:, -1]              # (B, d)
+                    last = self.sample_chunks(h, 1, sampler, generator)[0]    # (B, K)
+                new.append(last[:, None])
         else:
             for _ in range(n_steps):
                 h = self.hidden(torch.cat([x, *new], 1))[:, -1]

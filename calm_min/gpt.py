@@ -76,8 +76,9 @@ class GPT(nn.Module):
                  generator: torch.Generator | None = None, use_cache: bool = True,
                  compile: bool = False) -> torch.Tensor:
         """Continue prompt (B, T0) by max_new_tokens sampled tokens -> (B, T0 + max_new_tokens).
-        With the cache, the prompt runs once and each new token is one `decode_step`; compile=True runs
-        that step as a compiled graph (the same tokens). use_cache=False recomputes the whole prefix
+        With the cache, the prompt but its last token runs once (prefill), and each new token is one
+        `decode_step` from the last token; compile=True runs that step as a compiled graph (the same
+        tokens). use_cache=False recomputes the whole prefix
         every step (the reference for tests). The same generator gives the same tokens on every path."""
         T, k = sampler.temperature, sampler.top_k
         out = prompt
@@ -90,11 +91,13 @@ class GPT(nn.Module):
         # compiled: a static cache (fixed shapes); eager: the growing cache, which attends to the filled part only
         cache = self.backbone.make_cache(B, cache_length(prompt.shape[1] + max_new_tokens), prompt.device,
                                          decode_cache_dtype(prompt.device, self.tok_emb.weight.dtype), static=compile)
+        if prompt.shape[1] > 1:
+            self.backbone(self.tok_emb(prompt[:, :-1]), cache=cache)          # prefill, eager
         step = compiled_decode_step(self) if compile else self.decode_step
-        x, new = prompt, []
-        for i in range(max_new_tokens):
+        x, new = prompt[:, -1:], []
+        for _ in range(max_new_tokens):
             u = torch.rand((B, V), generator=generator, device=prompt.device)  # as sample_logits draws it
-            x = (step if i else self.decode_step)(x, cache, u, T, k)        # (B, 1); the prompt runs eagerly
+            x = step(x, cache, u, T, k)                                       # (B, 1)
             new.append(x)
         return torch.cat([prompt, *new], 1)
 

@@ -60,7 +60,7 @@ def test_k_tokens_per_backbone_step(monkeypatch):
     monkeypatch.setattr(model.backbone, 'forward', lambda x, **kw: calls.append(x.shape[1]) or orig(x, **kw))
     out = model.generate(torch.randint(40, (1, 8)), 20)
     assert out.shape == (1, 28)
-    assert calls == [2] + [1] * 4                             # prefill 2 chunks, then one step per 4 tokens
+    assert calls == [1] + [1] * 5          # prefill the prompt's first chunk; then one step per 4 new tokens
 
 
 def test_frozen_ae_untouched_by_training(train_cfg):
