@@ -179,7 +179,7 @@ class Attention(nn.Module):
         if cache is not None:  # attention runs in the cache's dtype (`device.decode_cache_dtype`)
             k, v, mask, is_causal = cache.update(layer, k, v, mask)                               # (B, H, S, hd)
         y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, T, hd)
-        return self.proj(y.to(x.dtype).transpose(1, 2).reshape(B, T, C))
+        return self.proj(y.to(q.dtype).transpose(1, 2).reshape(B, T, C))
 
 
 class Block(nn.Module):
