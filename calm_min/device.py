@@ -67,7 +67,7 @@ def autocast(device: torch.device, dtype: str = 'auto'):
 
 def decode_cache_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     """The KV cache's dtype for generation with weights in `dtype`. On CPU always float32: there,
-    attention with one bf16 query over a bf16 cache ran 3-4x slower than in float32 (the tiny models,
+    attention with one bf16 query over a bf16 cache ran 2-4x slower than in float32 (the tiny models,
     2 cores; README, *Throughput*), while the cache is small beside the weights. Elsewhere the weights'
     dtype (bf16 FlashAttention on CUDA)."""
     return torch.float32 if device.type == 'cpu' else dtype
