@@ -100,8 +100,8 @@ class CALM(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Chunks x (..., K) -> compressed input vectors (..., d)."""
-        # a plain view rather than einops: einops inside the compiled decoding step adds Python-side
-        # guards (its parser's globals) that cost about 0.1 ms per step on a CPU
+        # a plain view rather than einops, whose parser dynamo would trace (and guard on) in the
+        # compiled decoding step
         return self.compress(self.tok_emb(x).flatten(-2))                     # (..., K d) -> (..., d)
 
     def hidden(self, x: torch.Tensor, cache=None, pos=None, mask=None) -> torch.Tensor:
@@ -207,9 +207,8 @@ class CALM(nn.Module):
         one backbone step each, and the output cut to max_new_tokens. With the cache, the prompt but its
         last chunk runs once (prefill); then at T = 1 each chunk is one `decode_step` from the chunk
         before (compile=True: a compiled graph, the same chunks), below T = 1 a backbone step and the
-        sampler (`sample_chunks`). use_cache=False
-        recomputes the whole prefix every step (the reference for tests). The same generator gives
-        the same chunks on every path."""
+        sampler (`sample_chunks`). use_cache=False recomputes the whole prefix every step (the
+        reference for tests). The same generator gives the same chunks on every path."""
         x = self.chunks(self.pad_prompt(prompt))                              # (B, L0, K)
         n_steps = -(-max_new_tokens // self.chunk_size)
         new = []

@@ -8,6 +8,8 @@ generated token.
     python experiments/compute_matched.py --dry_run=true                    # print the plan only
     python experiments/compute_matched.py --preset=config/gpu_small.py --sizes=8x512,12x768 \\
         --budgets=2e17,8e17 --out_dir=out/compute_matched_gpu               # the same study bigger, on a GPU
+    python experiments/compute_matched.py --models=calm --train_flags=--chunk_size=2 \\
+        --out_dir=out/compute_matched_k2 --also=docs/compute_matched.json   # CALM with K = 2, beside K = 4
 
 Every size's runs share one budget; steps = budget / (analytic training FLOPs per step,
 calm_min/flops.py), so the two models of a size get the same compute, and a model that is cheaper
@@ -45,6 +47,7 @@ class Config:
     train_flags: str = ''                  # further train.py flags for every run, e.g. '--device=cuda'
     eval_blocks: int = 64                  # eval.py --max_blocks, validation and test
     plot: str = 'docs/compute_matched.png'
+    also: str = ''                         # results.json files of earlier studies, comma-separated: added to table and plot
     dry_run: bool = False                  # print the plan (steps per run) and stop
 
     def validate(self):
@@ -61,6 +64,12 @@ class Config:
             raise ConfigError(f"--models takes gpt and/or calm, comma-separated; got {self.models!r}")
         if not Path(self.preset).is_file():
             raise ConfigError(f"--preset {self.preset} is not a file")
+        for f in self.also_list():
+            if not Path(f).is_file():
+                raise ConfigError(f"--also names {f}, which is not a file (a results.json of this script)")
+
+    def also_list(self) -> list[str]:
+        return [f for f in self.also.split(',') if f]
 
     def size_list(self) -> list[tuple[int, int]]:
         return [tuple(int(v) for v in s.split('x')) for s in self.sizes.split(',')]
@@ -97,7 +106,8 @@ def plan(cfg: Config, tcfg: TrainConfig, ae_path: Path) -> list[dict]:
             f = model.flops_per_token(t.block_size)
             steps = max(1, round(budget / (f['training'] * tokens_per_step)))
             name = f'{kind}_{n_layer}x{n_embd}'
-            runs.append({'name': name, 'model': kind, 'n_layer': n_layer, 'n_embd': n_embd, 'budget': budget,
+            runs.append({'name': name, 'model': kind, 'chunk_size': t.chunk_size if kind == 'calm' else 1,
+                         'n_layer': n_layer, 'n_embd': n_embd, 'budget': budget,
                          'steps': steps, 'tokens': steps * tokens_per_step,
                          'params': sum(p.numel() for n, p in model.named_parameters() if not n.startswith('ae.')),
                          'train_flops_per_token': f['training'], 'inference_flops_per_token': f['inference'],
@@ -147,20 +157,28 @@ def main(cfg: Config) -> list[dict]:
             res = json.loads(path.read_text())['results']
             r[f'{split}_brierlm'], r[f'{split}_brierlm_se'] = res['brierlm'], res['brierlm_se']
     (out / 'results.json').write_text(json.dumps(runs, indent=1))
-    print(table(runs, ae_flops))
-    plot(runs, Path(cfg.plot))
+    shown = [r for f in cfg.also_list() for r in json.loads(Path(f).read_text())] + runs
+    print(table(shown))
+    plot(shown, Path(cfg.plot))
     return runs
 
 
-def table(runs: list[dict], ae_flops: float) -> str:
+def label(r: dict) -> str:
+    """'baseline', or 'CALM K=k' (runs saved before the field existed were K = 4)."""
+    return 'baseline' if r['model'] == 'gpt' else f"CALM K={r.get('chunk_size', 4)}"
+
+
+def table(runs: list[dict]) -> str:
     lines = ['| model | size (layers x d) | params | steps | tokens | training FLOPs | inference FLOPs/token '
              '| val BrierLM | Moby Dick BrierLM |', '|---|---|---|---|---|---|---|---|---|']
     for r in runs:
-        lines.append(f"| {r['model']} | {r['n_layer']}x{r['n_embd']} | {r['params'] / 1e6:.2f}M | {r['steps']} "
+        lines.append(f"| {label(r)} | {r['n_layer']}x{r['n_embd']} | {r['params'] / 1e6:.2f}M | {r['steps']} "
                      f"| {r['tokens'] / 1e6:.1f}M | {r['train_flops']:.2e} | {r['inference_flops_per_token'] / 1e6:.2f}M "
                      f"| {r['val_brierlm']:.2f} ± {r['val_brierlm_se']:.2f} "
                      f"| {r['test_brierlm']:.2f} ± {r['test_brierlm_se']:.2f} |")
-    lines.append(f"\nCALM's training FLOPs include its autoencoder stage ({ae_flops:.2e}, shared by all sizes).")
+    ae = sorted({(label(r), r['ae_flops']) for r in runs if r['model'] == 'calm'})
+    lines.append("\nCALM's training FLOPs include its autoencoder stage, shared by all sizes: "
+                 + ', '.join(f"{k} {f:.2e}" for k, f in ae) + '.')
     return '\n'.join(lines)
 
 
@@ -169,13 +187,13 @@ def plot(runs: list[dict], path: Path):
     if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for kind, style, label in (('gpt', 's--', 'baseline (next token)'), ('calm', 'o-', 'CALM (next vector, K chunks)')):
-        rs = sorted((r for r in runs if r['model'] == kind), key=lambda r: r['train_flops'])
-        if not rs:
-            continue
+    styles = ['o-', '^-.', 'v:', 'D-']
+    for i, name in enumerate(sorted({label(r) for r in runs}, key=lambda n: (n != 'baseline', n))):
+        rs = sorted((r for r in runs if label(r) == name), key=lambda r: r['train_flops'])
+        text = 'baseline (next token)' if name == 'baseline' else f'{name} (next vector of K tokens)'
         for ax, x in zip(axes, ('train_flops', 'inference_flops_per_token')):
             ax.errorbar([r[x] for r in rs], [r['val_brierlm'] for r in rs], yerr=[r['val_brierlm_se'] for r in rs],
-                        fmt=style, capsize=3, label=label)
+                        fmt='s--' if name == 'baseline' else styles[(i - 1) % len(styles)], capsize=3, label=text)
             for r in rs:
                 ax.annotate(f"{r['n_layer']}x{r['n_embd']}", (r[x], r['val_brierlm']), fontsize=7,
                             textcoords='offset points', xytext=(4, -10))
