@@ -203,7 +203,7 @@ def plot(runs: list[dict], path: Path):
         ax.set_xscale('log')
         ax.set_ylabel('validation BrierLM')
         ax.legend(fontsize=8)
-    fig.suptitle('compute-matched: each size\'s two models share one training-FLOP budget', fontsize=9)
+    fig.suptitle('compute-matched: the models of each size share one training-FLOP budget', fontsize=9)
     save(fig, path)
 
 
