@@ -20,18 +20,25 @@ def run(model, k, size, flops, brier):
     return r
 
 
-def test_table_and_plot_tell_the_chunk_sizes_apart(tmp_path):
-    """A run saved before 'chunk_size' existed counts as K = 4; K = 2 runs get their own rows, their
-    own autoencoder cost in the footnote and their own series in the plot."""
+def three_studies():
+    """A baseline, a CALM run saved before 'chunk_size' existed (so K = 4), and a K = 2 run."""
     legacy = run('calm', 0, '2x128', 8e13, 9.5)
     legacy['ae_flops'] = 2.19e13
-    runs = [run('gpt', 0, '2x128', 6e13, 24.4), legacy, run('calm', 2, '2x128', 7e13, 9.2)]
+    return [run('gpt', 0, '2x128', 6e13, 24.4), legacy, run('calm', 2, '2x128', 7e13, 9.2)]
+
+
+def test_table_tells_the_chunk_sizes_apart():
+    """Each K gets its own rows and its own autoencoder cost in the footnote."""
+    runs = three_studies()
     assert [cm.label(r) for r in runs] == ['baseline', 'CALM K=4', 'CALM K=2']
     text = cm.table(runs)
     assert '| baseline | 2x128' in text and '| CALM K=4 | 2x128' in text and '| CALM K=2 | 2x128' in text
     assert 'CALM K=2 2.00e+13' in text and 'CALM K=4 2.19e+13' in text
+
+
+def test_plot_draws_every_study(tmp_path):
     pytest.importorskip('matplotlib')
-    cm.plot(runs, tmp_path / 'p.png')
+    cm.plot(three_studies(), tmp_path / 'p.png')
     assert (tmp_path / 'p.png').stat().st_size > 1000
 
 
