@@ -19,7 +19,8 @@ generation: tokens/s at batch --gen_batch for the reference without a KV cache (
   the share of CALM's (eager) time in backbone, energy head and AE decoder; the parameters each step
   multiplies with and the speedup they allow when weight reads bound a step (batch 1): K * gpt / calm.
   --dtype picks the dtype of all three models' weights (bfloat16: cast, no autocast). With the
-  compiled step, 'calm_compiled_ms' sets the whole step beside its parts compiled and timed apart.
+  compiled step at batch 1, 'calm_compiled_ms' sets the whole step beside its parts compiled and
+  timed apart.
   The CALM-only parts (compression, head, decoder) are a fixed cost per step, large beside a tiny
   backbone: compare config/tiny.py with config/gpu_small.py.
 training:   tokens of text per second of a full training step (forward, backward, AdamW) for the
@@ -208,7 +209,8 @@ def bench_generation(bench, cfg, device, gpt, calm, ref):
     if bench.gen_compile:
         res['speedup_compiled'] = best['gpt_compiled'] / best['calm_compiled']
         res['compiled_fraction_of_weight_bound'] = res['speedup_compiled'] / res['weight_bound_speedup']
-        res['calm_compiled_ms'] = compiled_parts_apart(calm, B, device, bench.repeats)
+        if B == 1:                                               # the weight-read question is a batch-1 one
+            res['calm_compiled_ms'] = compiled_parts_apart(calm, B, device, bench.repeats)
     # where CALM's time goes: one eager generate() with a timer around each part it calls (instance
     # wrappers, removed afterwards; the model's own loop runs unchanged)
     parts = {'backbone': 0.0, 'head': 0.0, 'decoder': 0.0}
