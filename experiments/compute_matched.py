@@ -177,8 +177,9 @@ def table(runs: list[dict]) -> str:
                      f"| {r['val_brierlm']:.2f} ± {r['val_brierlm_se']:.2f} "
                      f"| {r['test_brierlm']:.2f} ± {r['test_brierlm_se']:.2f} |")
     ae = sorted({(label(r), r['ae_flops']) for r in runs if r['model'] == 'calm'})
-    lines.append("\nCALM's training FLOPs include its autoencoder stage, shared by all sizes: "
-                 + ', '.join(f"{k} {f:.2e}" for k, f in ae) + '.')
+    if ae:
+        lines.append("\nCALM's training FLOPs include its autoencoder stage, shared by all sizes: "
+                     + ', '.join(f"{k} {f:.2e}" for k, f in ae) + '.')
     return '\n'.join(lines)
 
 

@@ -34,6 +34,7 @@ def test_table_tells_the_chunk_sizes_apart():
     text = cm.table(runs)
     assert '| baseline | 2x128' in text and '| CALM K=4 | 2x128' in text and '| CALM K=2 | 2x128' in text
     assert 'CALM K=2 2.00e+13' in text and 'CALM K=4 2.19e+13' in text
+    assert 'autoencoder' not in cm.table(runs[:1])                   # a baseline-only study: no CALM footnote
 
 
 def test_plot_draws_every_study(tmp_path):
