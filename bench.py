@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 from calm_min.backbone import cache_length
 from calm_min.config import ConfigError, TrainConfig, help_text, parse_args
-from calm_min.device import (autocast, decode_cache_dtype, decode_compile_options, pick_device, resolve_dtype,
+from calm_min.device import (autocast, compile_for_decoding, decode_cache_dtype, pick_device, resolve_dtype,
                              use_compile)
 from calm_min.energy_head import energy_loss
 from train import build_model, make_optimizer
@@ -242,13 +242,12 @@ def compiled_parts_apart(calm, B: int, device, rounds: int) -> dict:
     alone and over and over, a part keeps its weights in the CPU's caches; the whole step reads all
     of CALM's weights once per call. 'parts_sum' > 'step' would mean compiling as one graph costs
     time; 'step' > 'parts_sum' means the step pays for reading weights that no longer fit in cache."""
-    opts = decode_compile_options()
-    comp = lambda f: torch.compile(f, fullgraph=True, dynamic=False, options=opts)
+    comp = compile_for_decoding
     dtype = calm.tok_emb.weight.dtype
     cache = calm.backbone.make_cache(B, cache_length(65), device, decode_cache_dtype(device, dtype), static=True)
     chunk = torch.zeros(B, calm.chunk_size, dtype=torch.long, device=device)                 # (B, K)
     h = torch.zeros(B, calm.backbone.cfg.n_embd, dtype=dtype, device=device)                 # (B, d)
-    eps = calm.head.noise(h, 1)                                                              # (1, B, noise)
+    eps = calm.head.noise(h, 1, torch.Generator(device=device).manual_seed(0))               # (1, B, noise)
     fns = {'step': (comp(calm.decode_step), (chunk, cache, eps)),
            'compress': (comp(calm.embed), (chunk[:, None],)),
            'backbone': (comp(lambda e, c: calm.backbone(e, c)), (calm.embed(chunk[:, None]), cache)),

@@ -77,22 +77,27 @@ def decode_compile_options() -> dict:
     """Inductor options for the decoding step. At batch 1 every matrix product is a matrix-vector
     product (M = 1); inductor's memory-bound-mm pass writes those (on CPU: M = 1, other sides <= 2048)
     as its own fused, vectorised reductions instead of calling the BLAS once per product, which here
-    costs more than the arithmetic (measured on 2 CPU cores: the tiny baseline's compiled step 3.9x
-    faster, CALM's 2.6x; README, *Throughput*). The pass only fires on CUDA for M >= 10240, so it does
-    nothing to CUDA decoding. Empty where this torch's inductor lacks the option."""
+    costs more than the arithmetic (with it the compiled steps of the tiny models generate about twice
+    as fast on 2 CPU cores; README, *Throughput*). The pass only fires on CUDA for M >= 10240, so it
+    does nothing to CUDA decoding. Empty where this torch's inductor lacks the option."""
     from torch._inductor import config as inductor_config
     if not hasattr(inductor_config, 'post_grad_fusion_options'):
         return {}
     return {'post_grad_fusion_options': {**inductor_config.post_grad_fusion_options, 'decompose_mm_pass': {}}}
 
 
+def compile_for_decoding(fn):
+    """fn through torch.compile as one whole graph with static shapes (fullgraph=True fails loudly
+    rather than falling back op by op) and the decoding options above."""
+    return torch.compile(fn, fullgraph=True, dynamic=False, options=decode_compile_options())
+
+
 def compiled_decode_step(model):
-    """`model.decode_step` through torch.compile as one whole graph with static shapes (no graph breaks:
-    fullgraph=True fails loudly rather than falling back op by op). Compiled on first use and kept on
+    """`model.decode_step` through `compile_for_decoding`. Compiled on first use and kept on
     the model; a new batch size, cache length, dtype or device compiles another graph (dynamo's guards)."""
     fn = model.__dict__.get('_compiled_decode_step')
     if fn is None:
-        fn = torch.compile(model.decode_step, fullgraph=True, dynamic=False, options=decode_compile_options())
+        fn = compile_for_decoding(model.decode_step)
         model.__dict__['_compiled_decode_step'] = fn
     return fn
 

@@ -78,8 +78,8 @@ class GPT(nn.Module):
         """Continue prompt (B, T0) by max_new_tokens sampled tokens -> (B, T0 + max_new_tokens).
         With the cache, the prompt but its last token runs once (prefill), and each new token is one
         `decode_step` from the last token; compile=True runs that step as a compiled graph (the same
-        tokens). use_cache=False recomputes the whole prefix
-        every step (the reference for tests). The same generator gives the same tokens on every path."""
+        tokens). use_cache=False recomputes the whole prefix every step (the reference for tests). The
+        same generator gives the same tokens on every path."""
         T, k = sampler.temperature, sampler.top_k
         out = prompt
         if not use_cache:

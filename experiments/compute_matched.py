@@ -188,13 +188,14 @@ def plot(runs: list[dict], path: Path):
     if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    styles = ['o-', '^-.', 'v:', 'D-']
-    for i, name in enumerate(sorted({label(r) for r in runs}, key=lambda n: (n != 'baseline', n))):
+    calm_styles = iter(['o-', '^-.', 'v:', 'D-'] * 4)
+    for name in sorted({label(r) for r in runs}, key=lambda n: (n != 'baseline', n)):
         rs = sorted((r for r in runs if label(r) == name), key=lambda r: r['train_flops'])
-        text = 'baseline (next token)' if name == 'baseline' else f'{name} (next vector of K tokens)'
+        style, text = (('s--', 'baseline (next token)') if name == 'baseline'
+                       else (next(calm_styles), f'{name} (next vector of K tokens)'))
         for ax, x in zip(axes, ('train_flops', 'inference_flops_per_token')):
             ax.errorbar([r[x] for r in rs], [r['val_brierlm'] for r in rs], yerr=[r['val_brierlm_se'] for r in rs],
-                        fmt='s--' if name == 'baseline' else styles[(i - 1) % len(styles)], capsize=3, label=text)
+                        fmt=style, capsize=3, label=text)
             for r in rs:
                 ax.annotate(f"{r['n_layer']}x{r['n_embd']}", (r[x], r['val_brierlm']), fontsize=7,
                             textcoords='offset points', xytext=(4, -10))
