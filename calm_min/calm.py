@@ -219,7 +219,7 @@ class CALM(nn.Module):
             if x.shape[1] > 1:
                 self.hidden(x[:, :-1], cache)                                 # prefill, eager
             step = compiled_decode_step(self) if compile else self.decode_step
-            last = x[:, -1]                                                   # (B, K)
+            last = x[:, -1].clone(memory_format=torch.contiguous_format)     # (B, K), strided as the step's outputs
             like_h = self.tok_emb.weight.new_empty(x.shape[0], self.backbone.cfg.n_embd)  # the noise's shape and dtype
             for _ in range(n_steps):
                 if sampler.temperature == 1.0:

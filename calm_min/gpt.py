@@ -94,7 +94,9 @@ class GPT(nn.Module):
         if prompt.shape[1] > 1:
             self.backbone(self.tok_emb(prompt[:, :-1]), cache=cache)          # prefill, eager
         step = compiled_decode_step(self) if compile else self.decode_step
-        x, new = prompt[:, -1:], []
+        # the step's own outputs are contiguous: so is its first input, or dynamo would guard on the
+        # prompt's strides and compile the step a second time
+        x, new = prompt[:, -1:].clone(memory_format=torch.contiguous_format), []
         for _ in range(max_new_tokens):
             u = torch.rand((B, V), generator=generator, device=prompt.device)  # as sample_logits draws it
             x = step(x, cache, u, T, k)                                       # (B, 1)

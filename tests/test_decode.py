@@ -53,3 +53,17 @@ def test_compiled_decode_step_gives_the_eager_tokens(compiler):
             eager = model.generate(prompt, n, generator=torch.Generator().manual_seed(seed))
             comp = model.generate(prompt, n, generator=torch.Generator().manual_seed(seed), compile=True)
             assert torch.equal(eager, comp), (model.kind, n)
+
+
+def test_compiled_generation_compiles_the_step_once(compiler):
+    """One generate(compile=True) call compiles one graph, whatever the prompt's length: the first
+    step's input (a slice of the prompt) is laid out like the step's own outputs, so dynamo's stride
+    guards do not fail on the second step (they did: a second 20-60 s compilation on a CPU)."""
+    from torch._dynamo.utils import counters
+    gpt, calm = models()
+    prompt = torch.randint(50, (2, 7))          # not a whole number of chunks; batch 2
+    for model in (gpt, calm):
+        torch._dynamo.reset()                   # dynamo's cache is per function: start empty
+        before = counters['stats']['unique_graphs']
+        model.generate(prompt, 12, generator=torch.Generator().manual_seed(0), compile=True)
+        assert counters['stats']['unique_graphs'] - before == 1, model.kind
