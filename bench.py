@@ -5,7 +5,7 @@ the weights.
     python bench.py config/tiny.py                    # generation, training, energy-loss memory
     python bench.py config/tiny.py --what=memory --positions=4096
     python bench.py config/tiny.py --what=training --train_dtypes=float32,bfloat16 --train_compile=both
-    python bench.py config/tiny.py --what=profile     # torch.profiler: top-5 ops of a baseline training step
+    python bench.py config/tiny.py --what=profile     # torch.profiler: training steps, compiled decoding steps
     python bench.py config/gpu_small.py --what=generation --device=cpu --dtype=float32
 
 Every figure is set beside `Reference`, a plain GPT-2-style model written here in the manner of
@@ -28,8 +28,11 @@ training:   tokens of text per second of a full training step (forward, backward
   and/or through torch.compile (--train_compile: auto = as train.py, on for CUDA; true; false; both).
   Rounds alternate the variants (--repeats rounds, the best of each kept), so the ratios compare
   runs made side by side; the first, untimed steps compile.
-profile:    torch.profiler over --train_steps baseline training steps (float32 eager): the top-5 ops
-  by self CPU time (and CUDA time on a GPU).
+profile:    torch.profiler (--profile=training, decoding or both): --train_steps float32 eager training
+  steps of the reference and of the baseline; one compiled generate() of each model (--dtype weights,
+  batch --gen_batch). For each, the top-5 ops by self CPU time (CUDA time on a GPU) and the self CPU
+  time per step by class: BLAS matrix products (and their calls per step), attention, inductor's
+  compiled kernels, dynamo's guard check before each compiled call ('TorchDynamo Cache Lookup'), other.
 flops:      analytic FLOPs per token, inference and training, by part (calm_min/flops.py).
 memory:     peak memory of energy_loss (forward + backward) at N samples, M targets, P positions,
   against a naive version that materialises the (N, M, P, l) difference tensor. On CPU each
@@ -72,10 +75,13 @@ class BenchConfig:
     positions: int = 4096          # memory: P positions (e.g. 16 sequences x 256 chunk positions)
     mem_variant: str = ''          # internal: run one memory variant in this process
     repeats: int = 3
+    profile: str = 'both'          # profile: training (float32 eager), decoding (compiled), both
 
     def validate(self):
         if self.what not in ('all', 'generation', 'training', 'memory', 'flops', 'profile'):
             raise ConfigError(f"--what must be all, generation, training, memory, flops or profile; got {self.what!r}")
+        if self.profile not in ('training', 'decoding', 'both'):
+            raise ConfigError(f"--profile must be training, decoding or both; got {self.profile!r}")
         if self.train_compile not in ('auto', 'true', 'false', 'both'):
             raise ConfigError(f"--train_compile must be auto, true, false or both; got {self.train_compile!r}")
         for d in filter(None, self.train_dtypes.split(',')):
@@ -338,21 +344,75 @@ def _train_step(cfg, device, model, dtype, compile_on, g):
     return step
 
 
-def bench_profile(bench, cfg, device, gpt) -> dict:
-    """The top-5 ops by self time over --train_steps float32 eager training steps of the baseline."""
+def op_class(name: str) -> str:
+    """The class of a profiled op: a BLAS matrix product, attention, a graph that inductor compiled, dynamo's
+    guard check before each compiled call, or anything else."""
+    if name in ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm'):
+        return 'matmul'
+    if 'scaled_dot_product' in name:
+        return 'attention'
+    if name.startswith('## Call CompiledFxGraph'):
+        return 'compiled_kernels'
+    if name == 'TorchDynamo Cache Lookup':
+        return 'guard_check'
+    return 'other'
+
+
+def profiled(run, n: int, device, top: int = 5) -> dict:
+    """Profile run() (n steps of work): the top ops by self time as a table, and the self CPU time per
+    step (ms) by `op_class`, with the BLAS matrix-product calls per step."""
     from torch.profiler import ProfilerActivity, profile
-    step = _train_step(cfg, device, gpt, 'float32', False, torch.Generator().manual_seed(0))
-    step()
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
     with profile(activities=acts) as prof:
-        for _ in range(bench.train_steps):
-            step()
+        run()
         sync(device)
+    events = prof.key_averages()
     key = 'self_cuda_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
-    table = prof.key_averages().table(sort_by=key, row_limit=5, max_name_column_width=40)
-    print(table)
-    gpt.eval()
-    return {'sort_by': key, 'table': table}
+    per_step = {c: 0.0 for c in ('matmul', 'attention', 'compiled_kernels', 'guard_check', 'other')}
+    mm_calls = 0
+    for e in events:
+        c = op_class(e.key)
+        per_step[c] += e.self_cpu_time_total / 1e3 / n            # us -> ms per step
+        mm_calls += e.count if c == 'matmul' else 0
+    per_step = {c: round(v, 3) for c, v in per_step.items() if v > 0}
+    per_step['total'] = round(sum(per_step.values()), 3)
+    return {'sort_by': key, 'steps': n, 'self_cpu_ms_per_step': per_step, 'matmul_calls_per_step': mm_calls / n,
+            'table': events.table(sort_by=key, row_limit=top, max_name_column_width=40)}
+
+
+def bench_profile(bench, cfg, device, gpt, calm, ref) -> dict:
+    """torch.profiler. 'training': --train_steps float32 eager training steps of the reference, then of
+    the baseline. 'decoding': one generate(compile=True) of --gen_tokens at batch --gen_batch, weights
+    in --dtype, for the baseline and CALM, per decoding step (after a warm-up call that compiles)."""
+    out = {}
+    if bench.profile in ('training', 'both'):
+        out['training'] = {}
+        for name, model in (('reference', ref), ('gpt', gpt)):
+            step = _train_step(cfg, device, model, 'float32', False, torch.Generator().manual_seed(0))
+            step()                                                 # warm-up, unprofiled
+
+            def run():
+                for _ in range(bench.train_steps):
+                    step()
+            out['training'][name] = profiled(run, bench.train_steps, device)
+            model.eval()
+    if bench.profile in ('decoding', 'both'):
+        out['decoding'] = {}
+        B, n = bench.gen_batch, bench.gen_tokens
+        dtype = resolve_dtype(device, cfg.dtype)
+        for name, model in (('gpt', gpt), ('calm', calm)):
+            model = copy.deepcopy(model).to(dtype) if dtype != torch.float32 else model
+            prompt = torch.zeros(B, cfg.chunk_size, dtype=torch.long, device=device)
+            gen = lambda: model.generate(prompt, n, generator=torch.Generator(device=device).manual_seed(0), compile=True)
+            with torch.no_grad():
+                gen()                                              # compiles, unprofiled
+                out['decoding'][name] = profiled(gen, -(-n // model.tokens_per_step), device)
+        out['decoding']['dtype'] = str(dtype).removeprefix('torch.')
+    for part, models in out.items():
+        for name, r in models.items():
+            if isinstance(r, dict):
+                print(f"{part}, {name}: {r['self_cpu_ms_per_step']} ms per step\n{r['table']}")
+    return out
 
 
 def naive_energy_loss(x, y, alpha=1.0):
@@ -426,7 +486,7 @@ def main(bench: BenchConfig, cfg: TrainConfig, argv=()) -> dict:
     report['params'] = {'gpt': sum(p.numel() for p in gpt.parameters()),
                         'reference': sum(p.numel() for p in ref.parameters())}
     if bench.what == 'profile':
-        report['profile'] = bench_profile(bench, cfg, device, gpt)
+        report['profile'] = bench_profile(bench, cfg, device, gpt, calm, ref)
     if bench.what in ('all', 'generation'):
         report['generation'] = bench_generation(bench, cfg, device, gpt, calm, ref)
         report['generation'].update(batch=bench.gen_batch, new_tokens=bench.gen_tokens)

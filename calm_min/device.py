@@ -73,17 +73,28 @@ def decode_cache_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if device.type == 'cpu' else dtype
 
 
+DECODE_MM_ROWS = 4  # products with up to this many rows are written by inductor (the AE decoder's K = 4 rows)
+
+
 def decode_compile_options() -> dict:
-    """Inductor options for the decoding step. At batch 1 every matrix product is a matrix-vector
-    product (M = 1); inductor's memory-bound-mm pass writes those (on CPU: M = 1, other sides <= 2048)
-    as its own fused, vectorised reductions instead of calling the BLAS once per product, which here
-    costs more than the arithmetic (with it the compiled steps of the tiny models generate about twice
-    as fast on 2 CPU cores; README, *Throughput*). The pass only fires on CUDA for M >= 10240, so it
-    does nothing to CUDA decoding. Empty where this torch's inductor lacks the option."""
+    """Inductor options for the decoding step. At batch 1 every backbone product is a matrix-vector
+    product (M = 1) and the AE decoder's are M = K = 4 row products. Inductor's memory-bound-mm pass
+    writes such products (on CPU: M <= DECODE_MM_ROWS, other sides <= 2048) as its own fused, vectorised
+    reductions instead of calling the BLAS once per product, which here costs more than the arithmetic
+    (README, *Throughput*: the compiled steps of the tiny models generate several times as fast on 2 CPU
+    cores). The pass only fires on CUDA for M >= 10240, so it does nothing to CUDA decoding. Empty where
+    this torch's inductor lacks the option."""
     from torch._inductor import config as inductor_config
     if not hasattr(inductor_config, 'post_grad_fusion_options'):
         return {}
-    return {'post_grad_fusion_options': {**inductor_config.post_grad_fusion_options, 'decompose_mm_pass': {}}}
+    mm = {'cpu_max_first_dimension_decomposition': DECODE_MM_ROWS}
+    # torch reads the pass's thresholds from these options once, when its first compilation imports the
+    # pass; in a process that compiled something before, set the pass's own copy as well. Only graphs
+    # compiled with the pass turned on (these options) read it.
+    from torch._inductor.fx_passes import decompose_mem_bound_mm as mm_pass
+    if hasattr(mm_pass, 'cpu_max_first_dimension_decomposition'):
+        mm_pass.cpu_max_first_dimension_decomposition = DECODE_MM_ROWS
+    return {'post_grad_fusion_options': {**inductor_config.post_grad_fusion_options, 'decompose_mm_pass': mm}}
 
 
 def compile_for_decoding(fn):

@@ -65,6 +65,21 @@ def test_reference_is_causal_and_about_the_baselines_size():
     assert out.shape == (2, 8) and torch.equal(out[:, :3], x[:, :3])
 
 
-def test_profile_prints_a_top5_table(capsys):
-    rep = bench.main(*bench_cfg('--what=profile'), ['--what=profile'])
-    assert 'Self CPU' in rep['profile']['table']
+def test_profile_of_training_steps(capsys):
+    """--what=profile --profile=training: the reference's and the baseline's training steps, each with a
+    top-5 table and its self time per step by op class (the classes add up to the total)."""
+    rep = bench.main(*bench_cfg('--what=profile', '--profile=training'), ['--what=profile'])
+    assert set(rep['profile']) == {'training'}
+    for name in ('reference', 'gpt'):
+        r = rep['profile']['training'][name]
+        assert 'Self CPU' in r['table'] and r['matmul_calls_per_step'] > 0
+        ms = r['self_cpu_ms_per_step']
+        assert ms['matmul'] > 0 and ms['attention'] > 0
+        assert abs(sum(v for k, v in ms.items() if k != 'total') - ms['total']) < 0.01
+    assert 'training, reference' in capsys.readouterr().out
+
+
+def test_op_classes():
+    assert [bench.op_class(n) for n in ('aten::mm', 'aten::addmm', 'aten::_scaled_dot_product_flash_attention_for_cpu',
+                                        '## Call CompiledFxGraph fabc ##', 'TorchDynamo Cache Lookup', 'aten::mul')] == \
+        ['matmul', 'matmul', 'attention', 'compiled_kernels', 'guard_check', 'other']

@@ -67,3 +67,22 @@ def test_compiled_generation_compiles_the_step_once(compiler):
         before = counters['stats']['unique_graphs']
         model.generate(prompt, 12, generator=torch.Generator().manual_seed(0), compile=True)
         assert counters['stats']['unique_graphs'] - before == 1, model.kind
+
+
+def test_compiled_step_calls_no_blas_at_batch_1(compiler):
+    """At batch 1 the compiled step's matrix products (M = 1 in the backbone and head, M = K = 4 in the
+    AE decoder) are written by inductor (`device.decode_compile_options`), none is a BLAS call: the
+    profiler sees no aten::mm in the compiled generation of either model (one-chunk / one-token
+    prompt, so no eager prefill). This holds even though other tests compiled before in this process."""
+    from torch._inductor.fx_passes import decompose_mem_bound_mm
+    from torch.profiler import ProfilerActivity, profile
+    if not hasattr(decompose_mem_bound_mm, 'cpu_max_first_dimension_decomposition'):
+        pytest.skip("this torch's inductor has no CPU threshold for its memory-bound-mm pass")
+    gpt, calm = models()
+    for model, prompt in ((gpt, torch.randint(50, (1, 1))), (calm, torch.randint(50, (1, 4)))):
+        model.generate(prompt, 8, generator=torch.Generator().manual_seed(0), compile=True)   # compiles
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model.generate(prompt, 8, generator=torch.Generator().manual_seed(0), compile=True)
+        names = {e.key for e in prof.key_averages()}
+        assert any(n.startswith('## Call CompiledFxGraph') for n in names), model.kind
+        assert not names & {'aten::mm', 'aten::addmm', 'aten::bmm'}, (model.kind, names & {'aten::mm', 'aten::addmm'})

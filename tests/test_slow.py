@@ -82,7 +82,8 @@ def test_every_planted_bug_is_caught():
 
 def test_bench_compiled_paths(compiler):
     """bench.py's compiled variants at the test sizes: compiled and eager training of the three models
-    (--train_compile=both), and bf16 generation with the compiled step and CALM's parts compiled apart."""
+    (--train_compile=both), bf16 generation with the compiled step and CALM's parts compiled apart, and
+    the profile of both models' compiled decoding steps."""
     from test_bench import bench_cfg
     import bench
     rep = bench.main(*bench_cfg('--what=training', '--train_compile=both'), ['--what=training'])
@@ -93,3 +94,6 @@ def test_bench_compiled_paths(compiler):
     assert gen['dtype'] == 'bfloat16' and gen['calm_compiled_tokens_per_s'] > 0
     assert set(gen['calm_compiled_ms']) == {'step', 'compress', 'backbone', 'head', 'decoder', 'parts_sum'}
     assert all(v > 0 for v in gen['calm_compiled_ms'].values())
+    prof = bench.main(*bench_cfg('--what=profile', '--profile=decoding'), ['--what=profile'])['profile']['decoding']
+    for name in ('gpt', 'calm'):      # the compiled step's kernels and dynamo's guard check, per step
+        assert prof[name]['self_cpu_ms_per_step']['compiled_kernels'] > 0 and prof[name]['self_cpu_ms_per_step']['guard_check'] > 0
