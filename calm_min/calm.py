@@ -22,7 +22,7 @@ from einops import rearrange
 from .autoencoder import Autoencoder
 from .backbone import Backbone, BackboneConfig, KVCache, TreeRollout, cache_length, init_weights
 from .brierlm import NGRAM
-from .device import compiled_decode_step, decode_cache_dtype
+from .device import decode_cache_dtype, decoding_step
 from .energy_head import EnergyHead, energy_loss
 from .flops import calm_per_token
 from .sampling import (Sampler, batch_temperature_sample, check_temperature, exact_temperature_sample,
@@ -218,16 +218,16 @@ class CALM(nn.Module):
                                              decode_cache_dtype(x.device, self.tok_emb.weight.dtype), static=compile)
             if x.shape[1] > 1:
                 self.hidden(x[:, :-1], cache)                                 # prefill, eager
-            step = compiled_decode_step(self) if compile else self.decode_step
             last = x[:, -1].clone(memory_format=torch.contiguous_format)     # (B, K), strided as the step's outputs
             like_h = self.tok_emb.weight.new_empty(x.shape[0], self.backbone.cfg.n_embd)  # the noise's shape and dtype
-            for _ in range(n_steps):
-                if sampler.temperature == 1.0:
-                    last = step(last, cache, self.head.noise(like_h, 1, generator))   # (B, K)
-                else:
-                    h = self.hidden(last[:, None], cache)[:, -1]              # (B, d)
-                    last = self.sample_chunks(h, 1, sampler, generator)[0]    # (B, K)
-                new.append(last[:, None])
+            with decoding_step(self, compile) as step:
+                for _ in range(n_steps):
+                    if sampler.temperature == 1.0:
+                        last = step(last, cache, self.head.noise(like_h, 1, generator))   # (B, K)
+                    else:
+                        h = self.hidden(last[:, None], cache)[:, -1]              # (B, d)
+                        last = self.sample_chunks(h, 1, sampler, generator)[0]    # (B, K)
+                    new.append(last[:, None])
         else:
             for _ in range(n_steps):
                 h = self.hidden(torch.cat([x, *new], 1))[:, -1]

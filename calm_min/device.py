@@ -113,6 +113,30 @@ def compiled_decode_step(model):
     return fn
 
 
+@contextlib.contextmanager
+def decoding_step(model, compile: bool):
+    """The step a generation loop calls: `model.decode_step`, or with compile=True its compiled graph.
+    Compiled, the first call runs dynamo's guard check, which picks (or compiles) the graph for these
+    shapes, dtypes and this model; later calls inside the `with` block skip the check
+    (`torch.compiler.set_stance(skip_guard_eval_unsafe=True)`). Inside one loop nothing the guards
+    look at changes, only the values in the inputs, so the check could only pass again; it cost
+    about a tenth of CALM's compiled step at the tiny sizes (bench.py --what=profile). The stance
+    is restored when the block ends, on an exception too."""
+    if not compile:
+        yield model.decode_step
+        return
+    fn, checked = compiled_decode_step(model), False
+    with contextlib.ExitStack() as stack:
+        def step(*args):
+            nonlocal checked
+            out = fn(*args)
+            if not checked and hasattr(torch.compiler, 'set_stance'):   # torch >= 2.6
+                stack.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True))
+            checked = True
+            return out
+        yield step
+
+
 # dense bf16 peak FLOP/s of common accelerators (vendor datasheets, no sparsity), for MFU
 PEAK_BF16 = {'H200': 989e12, 'H100 SXM': 989e12, 'H100 NVL': 835e12, 'H100 PCIe': 756e12, 'H100': 989e12,
              'A100': 312e12, 'L40S': 362e12, 'L4': 121e12, 'A10G': 70e12, 'A10': 125e12}

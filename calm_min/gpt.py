@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .backbone import Backbone, BackboneConfig, KVCache, TreeRollout, cache_length, init_weights
 from .brierlm import NGRAM
 from .flops import gpt_per_token
-from .device import compiled_decode_step, decode_cache_dtype
+from .device import decode_cache_dtype, decoding_step
 from .sampling import Sampler, pick_token, sample_logits
 
 
@@ -93,14 +93,14 @@ class GPT(nn.Module):
                                          decode_cache_dtype(prompt.device, self.tok_emb.weight.dtype), static=compile)
         if prompt.shape[1] > 1:
             self.backbone(self.tok_emb(prompt[:, :-1]), cache=cache)          # prefill, eager
-        step = compiled_decode_step(self) if compile else self.decode_step
         # the step's own outputs are contiguous: so is its first input, or dynamo would guard on the
         # prompt's strides and compile the step a second time
         x, new = prompt[:, -1:].clone(memory_format=torch.contiguous_format), []
-        for _ in range(max_new_tokens):
-            u = torch.rand((B, V), generator=generator, device=prompt.device)  # as sample_logits draws it
-            x = step(x, cache, u, T, k)                                       # (B, 1)
-            new.append(x)
+        with decoding_step(self, compile) as step:
+            for _ in range(max_new_tokens):
+                u = torch.rand((B, V), generator=generator, device=prompt.device)  # as sample_logits draws it
+                x = step(x, cache, u, T, k)                                       # (B, 1)
+                new.append(x)
         return torch.cat([prompt, *new], 1)
 
     @torch.no_grad()

@@ -1,5 +1,7 @@
 """Overhead-free generation: the decoding step, eager (growing cache) and compiled (torch.compile over a
 StaticKVCache), gives the tokens of the no-cache reference for a fixed generator."""
+import copy
+
 import pytest
 import torch
 
@@ -53,6 +55,24 @@ def test_compiled_decode_step_gives_the_eager_tokens(compiler):
             eager = model.generate(prompt, n, generator=torch.Generator().manual_seed(seed))
             comp = model.generate(prompt, n, generator=torch.Generator().manual_seed(seed), compile=True)
             assert torch.equal(eager, comp), (model.kind, n)
+            assert not torch._dynamo.eval_frame._stance.skip_guard_eval_unsafe   # the guard check is back on
+
+
+def test_compiled_generation_of_models_in_turn(compiler):
+    """Within a generate() loop the compiled step skips dynamo's guard check after its first call
+    (`device.decoding_step`). Models in turn, each with its own weights, one in float64, and a new batch
+    size, all through the one compiled function of the class: each gives its own eager tokens."""
+    gpt, calm = models()
+    torch.manual_seed(5)
+    gpt2, calm2 = models()
+    for p in list(gpt2.parameters()) + list(calm2.head.parameters()):
+        torch.nn.init.normal_(p, std=0.3)
+    runs = [(gpt, 2), (gpt2, 2), (copy.deepcopy(gpt2).double(), 2), (gpt, 3), (calm, 2), (calm2, 2), (calm, 3)]
+    for i, (model, B) in enumerate(runs):
+        prompt = torch.randint(50, (B, 5), generator=torch.Generator().manual_seed(i))
+        eager = model.generate(prompt, 9, generator=torch.Generator().manual_seed(i))
+        comp = model.generate(prompt, 9, generator=torch.Generator().manual_seed(i), compile=True)
+        assert torch.equal(eager, comp), i
 
 
 def test_compiled_generation_compiles_the_step_once(compiler):
