@@ -411,7 +411,7 @@ def bench_profile(bench, cfg, device, gpt, calm, ref) -> dict:
     for part, models in out.items():
         for name, r in models.items():
             if isinstance(r, dict):
-                print(f"{part}, {name}: {r['self_cpu_ms_per_step']} ms per step\n{r['table']}")
+                print(f"{part}, {name}: {r['self_cpu_ms_per_step']} ms per step\n{r['table']}", file=sys.stderr)
     return out
 
 

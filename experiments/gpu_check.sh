@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A GPU check in one script (aimed at under 10 minutes on one H100/H200-class card): the CUDA paths (torch.compile, bf16 autocast, SDPA/FlashAttention) run end to end, and
-# their figures go to six files in $OUT. It uses the machine's own torch (no install; it needs
+# their figures go to seven files in $OUT. It uses the machine's own torch (no install; it needs
 # tokenizers, numpy, pytest and hypothesis there):
 #
 #     OUT=/tmp/gpu bash experiments/gpu_check.sh            # on the GPU machine
@@ -17,11 +17,12 @@ else
 fi
 { python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null || true
-  python3 -m pytest -q -x -p no:cacheprovider 2>&1 | tail -3; } | tee "$OUT/env.txt"   # the CPU suite, this torch
+  python3 -m pytest -x -p no:cacheprovider 2>&1 | tail -3; } | tee "$OUT/env.txt"   # the CPU suite, this torch
 # throughput at the preset's sizes: generation (batch 1 eager and compiled, then 64), training (fp32 and
-# bf16, eager and compiled, beside the nanoGPT-style reference), energy-loss memory; the profiler's top 5
+# bf16, eager and compiled, beside the nanoGPT-style reference), energy-loss memory; the profiles of
+# training steps and compiled decoding steps (JSON, and their tables in profile.txt)
 python3 bench.py $PRESET --device=$DEV $EXTRA --train_dtypes=float32,bfloat16 --train_compile=both > "$OUT/bench.json"
-python3 bench.py $PRESET --device=$DEV $EXTRA --what=profile > "$OUT/profile.json"
+python3 bench.py $PRESET --device=$DEV $EXTRA --what=profile > "$OUT/profile.json" 2> "$OUT/profile.txt"
 python3 bench.py $PRESET --device=$DEV $EXTRA --what=generation --gen_batch=64 --gen_tokens=128 > "$OUT/bench_gen64.json"
 # end to end, compiled, bf16 (auto on CUDA): the AE, then CALM, then the baseline, then evaluation
 COMMON="$PRESET --device=$DEV $EXTRA --out_dir=$RUN --max_iters=$ITERS --eval_interval=$ITERS --num_samples=2 --overwrite=true"
