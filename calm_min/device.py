@@ -121,7 +121,8 @@ def decoding_step(model, compile: bool):
     (`torch.compiler.set_stance(skip_guard_eval_unsafe=True)`). Inside one loop nothing the guards
     look at changes, only the values in the inputs, so the check could only pass again; it cost
     about a tenth of CALM's compiled step at the tiny sizes (bench.py --what=profile). The stance
-    is restored when the block ends, on an exception too."""
+    is restored when the block ends, on an exception too. It is process-wide: do not run compiled
+    generation in two threads at once."""
     if not compile:
         yield model.decode_step
         return
