@@ -81,9 +81,9 @@ def decode_compile_options() -> dict:
     product (M = 1) and the AE decoder's are M = K = 4 row products. Inductor's memory-bound-mm pass
     writes such products (on CPU: M <= DECODE_MM_ROWS, other sides <= 2048) as its own fused, vectorised
     reductions instead of calling the BLAS once per product, which here costs more than the arithmetic
-    (README, *Throughput*: the compiled steps of the tiny models generate several times as fast on 2 CPU
-    cores). The pass only fires on CUDA for M >= 10240, so it does nothing to CUDA decoding. Empty where
-    this torch's inductor lacks the option."""
+    (README, *Throughput*: the largest gain of the compiled step on 2 CPU cores). The pass only fires
+    on CUDA for M >= 10240, so it does nothing to CUDA decoding. Empty where this torch's inductor
+    lacks the option."""
     from torch._inductor import config as inductor_config
     if not hasattr(inductor_config, 'post_grad_fusion_options'):
         return {}
@@ -91,7 +91,10 @@ def decode_compile_options() -> dict:
     # torch reads the pass's thresholds from these options once, when its first compilation imports the
     # pass; in a process that compiled something before, set the pass's own copy as well. Only graphs
     # compiled with the pass turned on (these options) read it.
-    from torch._inductor.fx_passes import decompose_mem_bound_mm as mm_pass
+    try:
+        from torch._inductor.fx_passes import decompose_mem_bound_mm as mm_pass
+    except ImportError:  # an older torch: the options alone
+        mm_pass = None
     if hasattr(mm_pass, 'cpu_max_first_dimension_decomposition'):
         mm_pass.cpu_max_first_dimension_decomposition = DECODE_MM_ROWS
     return {'post_grad_fusion_options': {**inductor_config.post_grad_fusion_options, 'decompose_mm_pass': mm}}
@@ -131,9 +134,12 @@ def decoding_step(model, compile: bool):
         def step(*args):
             nonlocal checked
             out = fn(*args)
-            if not checked and hasattr(torch.compiler, 'set_stance'):   # torch >= 2.6
-                stack.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True))
-            checked = True
+            if not checked:
+                checked = True
+                try:                                   # sets the stance now, restores it when the stack closes
+                    stack.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True))
+                except (AttributeError, TypeError):    # torch < 2.6: every call is checked
+                    pass
             return out
         yield step
 
