@@ -27,7 +27,8 @@ training:   tokens of text per second of a full training step (forward, backward
   reference, the baseline and CALM, in each of --train_dtypes (float32, or bf16 autocast) and eager
   and/or through torch.compile (--train_compile: auto = as train.py, on for CUDA; true; false; both).
   Rounds alternate the variants (--repeats rounds, the best of each kept), so the ratios compare
-  runs made side by side; the first, untimed steps compile.
+  runs made side by side; the first, untimed steps compile. Also the minor page faults per step
+  (memory the OS maps afresh, e.g. after the allocator returned it), where the OS reports them.
 profile:    torch.profiler (--profile=training, decoding or both): --train_steps float32 eager training
   steps of the reference and of the baseline; one compiled generate() of each model (--dtype weights,
   batch --gen_batch). For each, the top-5 ops by self CPU time (CUDA time on a GPU) and the self CPU
@@ -299,15 +300,19 @@ def bench_training(bench, cfg, device, gpt, calm, ref):
         for _ in range(2):
             step()
     best = {k: float('inf') for k in steps}
+    faults = {k: [] for k in steps}
     for _ in range(bench.repeats):
         for k, step in steps.items():
             sync(device)
-            t0 = time.perf_counter()
+            f0, t0 = minor_page_faults(), time.perf_counter()
             for _ in range(bench.train_steps):
                 step()
             sync(device)
             best[k] = min(best[k], (time.perf_counter() - t0) / bench.train_steps)
+            faults[k].append((minor_page_faults() - f0) / bench.train_steps)
     res = {'train_tokens_per_s': {k: steps[k].tokens / t for k, t in best.items()}}
+    if minor_page_faults():      # how often a step touched memory the OS had to map afresh (median over rounds)
+        res['minor_page_faults_per_step'] = {k: round(statistics.median(v)) for k, v in faults.items()}
     ratios = {}
     base = f'reference_{dtypes[0]}'
     for k, t in best.items():
@@ -320,6 +325,15 @@ def bench_training(bench, cfg, device, gpt, calm, ref):
     for m in (gpt, calm, ref):
         m.eval()
     return res
+
+
+def minor_page_faults() -> int:
+    """This process's minor page faults so far (0 where the OS does not say: no `resource` module)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _train_step(cfg, device, model, dtype, compile_on, g):

@@ -22,6 +22,7 @@ def test_generation_and_training_report(capsys):
     tps = rep['training']['train_tokens_per_s']
     assert set(tps) == {f'{m}_{d}' for m in ('reference', 'gpt', 'calm') for d in ('float32', 'bfloat16')}
     assert 'gpt_bfloat16_over_reference_float32' in rep['training']['ratios']
+    assert set(rep['training'].get('minor_page_faults_per_step', tps)) == set(tps)
     assert rep['memory']['ours_peak_mib'] >= 0 and rep['memory']['naive_peak_mib'] > 0
     assert '"speedup"' in capsys.readouterr().out
 
