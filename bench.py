@@ -408,7 +408,7 @@ def bench_profile(bench, cfg, device, gpt, calm, ref) -> dict:
             def run():
                 for _ in range(bench.train_steps):
                     step()
-            out['training'][name] = profiled(run, bench.train_steps, device)
+            out['training'][name] = show('training', name, profiled(run, bench.train_steps, device))
             model.eval()
     if bench.profile in ('decoding', 'both'):
         out['decoding'] = {}
@@ -420,13 +420,15 @@ def bench_profile(bench, cfg, device, gpt, calm, ref) -> dict:
             gen = lambda: model.generate(prompt, n, generator=torch.Generator(device=device).manual_seed(0), compile=True)
             with torch.no_grad():
                 gen()                                              # compiles, unprofiled
-                out['decoding'][name] = profiled(gen, -(-n // model.tokens_per_step), device)
+                out['decoding'][name] = show('decoding', name, profiled(gen, -(-n // model.tokens_per_step), device))
         out['decoding']['dtype'] = str(dtype).removeprefix('torch.')
-    for part, models in out.items():
-        for name, r in models.items():
-            if isinstance(r, dict):
-                print(f"{part}, {name}: {r['self_cpu_ms_per_step']} ms per step\n{r['table']}", file=sys.stderr)
     return out
+
+
+def show(part: str, name: str, r: dict) -> dict:
+    """Print a profile's figures and table to stderr (stdout stays the JSON report); returns it."""
+    print(f"{part}, {name}: {r['self_cpu_ms_per_step']} ms per step\n{r['table']}", file=sys.stderr)
+    return r
 
 
 def naive_energy_loss(x, y, alpha=1.0):

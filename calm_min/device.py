@@ -93,10 +93,10 @@ def decode_compile_options() -> dict:
     # compiled with the pass turned on (these options) read it.
     try:
         from torch._inductor.fx_passes import decompose_mem_bound_mm as mm_pass
+        if hasattr(mm_pass, 'cpu_max_first_dimension_decomposition'):
+            mm_pass.cpu_max_first_dimension_decomposition = DECODE_MM_ROWS
     except ImportError:  # an older torch: the options alone
-        mm_pass = None
-    if hasattr(mm_pass, 'cpu_max_first_dimension_decomposition'):
-        mm_pass.cpu_max_first_dimension_decomposition = DECODE_MM_ROWS
+        pass
     return {'post_grad_fusion_options': {**inductor_config.post_grad_fusion_options, 'decompose_mm_pass': mm}}
 
 
