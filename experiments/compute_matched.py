@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shlex
 import subprocess
 import sys
@@ -40,7 +41,7 @@ from train import build_model  # noqa: E402
 @dataclasses.dataclass
 class Config:
     preset: str = 'config/tiny_bytes.py'   # the recipe (issue: "make CALM learn"); sizes and steps are set here
-    sizes: str = '2x128,4x256'             # backbones, n_layer x n_embd (n_head = n_embd / 64)
+    sizes: str = '2x128,4x256'             # backbones, n_layer x n_embd (n_head = n_embd / 64); may recur
     budgets: str = '6e13,3e14'             # training FLOPs for each size's runs (the LM stage)
     models: str = 'gpt,calm'
     out_dir: str = 'out/compute_matched'
@@ -58,6 +59,9 @@ class Config:
                               f"6e13,3e14; got {self.sizes!r} and {self.budgets!r}") from None
         if len(self.size_list()) != len(self.budget_list()):
             raise ConfigError(f"--sizes names {len(self.size_list())} sizes but --budgets {len(self.budget_list())}")
+        pairs = list(zip(self.size_list(), self.budget_list()))
+        if len(set(pairs)) != len(pairs):
+            raise ConfigError("--sizes and --budgets name one (size, budget) pair twice; a size may recur with other budgets")
         if any(b <= 0 for b in self.budget_list()):
             raise ConfigError("--budgets must be positive")
         if any(m not in ('gpt', 'calm') for m in self.models.split(',')):
@@ -105,7 +109,7 @@ def plan(cfg: Config, tcfg: TrainConfig, ae_path: Path) -> list[dict]:
             tokens_per_step = t.batch_size * t.grad_accum * (t.block_size // s * s)
             f = model.flops_per_token(t.block_size)
             steps = max(1, round(budget / (f['training'] * tokens_per_step)))
-            name = f'{kind}_{n_layer}x{n_embd}'
+            name = f'{kind}_{n_layer}x{n_embd}' + (f'_{budget:.3g}'.replace('+', '') if cfg.size_list().count((n_layer, n_embd)) > 1 else '')
             runs.append({'name': name, 'model': kind, 'chunk_size': t.chunk_size if kind == 'calm' else 1,
                          'n_layer': n_layer, 'n_embd': n_embd, 'budget': budget,
                          'steps': steps, 'tokens': steps * tokens_per_step,
@@ -113,7 +117,8 @@ def plan(cfg: Config, tcfg: TrainConfig, ae_path: Path) -> list[dict]:
                          'train_flops_per_token': f['training'], 'inference_flops_per_token': f['inference'],
                          'flags': [f'--model={kind}', f'--n_layer={n_layer}', f'--n_embd={n_embd}',
                                    f'--n_head={t.n_head}', f'--max_iters={steps}', f'--eval_interval={steps}',
-                                   f'--out_dir={Path(cfg.out_dir) / name}', f'--ae_ckpt={ae_path}']})
+                                   f'--out_dir={Path(cfg.out_dir) / name}']
+                                  + ([f'--ae_ckpt={ae_path}'] if kind == 'calm' else [])})
     return runs
 
 
@@ -137,10 +142,12 @@ def main(cfg: Config) -> list[dict]:
               f"{r['train_flops_per_token'] / 1e6:6.1f} MFLOP/token training  budget {r['budget']:.3g}")
     if cfg.dry_run:
         return runs
-    if not finished(ae_path):
-        run([py, 'train.py', cfg.preset, *flags, '--model=ae', f'--out_dir={ae_path.parent}'], out / 'ae.log')
-    ae_flops = ae_train_flops(ae_path)
-    print(f"autoencoder stage: {ae_flops:.3g} training FLOPs (shared by every CALM run)")
+    ae_flops = 0.0
+    if any(r['model'] == 'calm' for r in runs):
+        if not finished(ae_path):
+            run([py, 'train.py', cfg.preset, *flags, '--model=ae', f'--out_dir={ae_path.parent}'], out / 'ae.log')
+        ae_flops = ae_train_flops(ae_path)
+        print(f"autoencoder stage: {ae_flops:.3g} training FLOPs (shared by every CALM run)")
     for r in runs:
         ckpt = out / r['name'] / f"{r['model']}.pt"
         if not finished(ckpt):
@@ -159,6 +166,7 @@ def main(cfg: Config) -> list[dict]:
     (out / 'results.json').write_text(json.dumps(runs, indent=1))
     shown = [r for f in cfg.also_list() for r in json.loads(Path(f).read_text())] + runs
     print(table(shown))
+    print(equivalence(shown))
     plot(shown, Path(cfg.plot))
     return runs
 
@@ -183,6 +191,55 @@ def table(runs: list[dict]) -> str:
     return '\n'.join(lines)
 
 
+def baseline_frontier(runs: list[dict]) -> list[tuple[float, float]]:
+    """The baseline's frontier: (training FLOPs, the best val BrierLM of any baseline run with at most
+    those FLOPs), one point per distinct budget, by increasing FLOPs (a running maximum: a budget can
+    always buy what a smaller one reached)."""
+    frontier, best = [], float('-inf')
+    for flops, score in sorted((r['train_flops'], r['val_brierlm']) for r in runs if r['model'] == 'gpt'):
+        best = max(best, score)
+        if frontier and frontier[-1][0] == flops:      # runs of equal FLOPs: one point, their best
+            frontier.pop()
+        frontier.append((flops, best))
+    return frontier
+
+
+def baseline_equivalent(frontier: list[tuple[float, float]], score: float) -> tuple[str, float | None]:
+    """The training FLOPs at which the baseline's frontier first reaches `score`: ('=', F) interpolated
+    linearly in log FLOPs between the two runs around it; ('<=', F) when the cheapest run already
+    reaches it (the baseline needs at most F); ('>', None) when no run reaches it."""
+    for i, (f1, b1) in enumerate(frontier):
+        if b1 >= score:
+            if i == 0:
+                return '<=', f1
+            f0, b0 = frontier[i - 1]
+            t = (score - b0) / (b1 - b0)
+            return '=', math.exp(math.log(f0) + t * (math.log(f1) - math.log(f0)))
+    return '>', None
+
+
+def equivalence(runs: list[dict]) -> str:
+    """For each CALM run, the baseline's training FLOPs for the same val BrierLM (also at +- 1 standard
+    error of CALM's score) and CALM's FLOPs as a multiple of them."""
+    frontier = baseline_frontier(runs)
+    calm = sorted((r for r in runs if r['model'] == 'calm'), key=lambda r: (label(r), r['train_flops']))
+    if not frontier or not calm:
+        return ''
+
+    def show(rel, f):
+        return 'none of the baseline runs' if f is None else f"{'<= ' if rel == '<=' else ''}{f:.2g}"
+    lines = ['| CALM run | val BrierLM | its training FLOPs | the baseline\'s FLOPs for that score '
+             '(at -1 / +1 SE) | CALM / baseline |', '|---|---|---|---|---|']
+    for r in calm:
+        score, se = r['val_brierlm'], r['val_brierlm_se']
+        rel, f = baseline_equivalent(frontier, score)
+        lo, hi = baseline_equivalent(frontier, score - se), baseline_equivalent(frontier, score + se)
+        ratio = '-' if f is None else f"{'>= ' if rel == '<=' else ''}{r['train_flops'] / f:.0f}x"
+        lines.append(f"| {label(r)} {r['n_layer']}x{r['n_embd']} | {score:.2f} ± {se:.2f} | {r['train_flops']:.2e} "
+                     f"| {show(rel, f)} ({show(*lo)} / {show(*hi)}) | {ratio} |")
+    return '\n'.join(lines)
+
+
 def plot(runs: list[dict], path: Path):
     plt = pyplot()
     if plt is None:
@@ -193,10 +250,23 @@ def plot(runs: list[dict], path: Path):
         rs = sorted((r for r in runs if label(r) == name), key=lambda r: r['train_flops'])
         style, text = (('s--', 'baseline (next token)') if name == 'baseline'
                        else (next(calm_styles), f'{name} (next vector of K tokens)'))
-        for ax, x in zip(axes, ('train_flops', 'inference_flops_per_token')):
-            ax.errorbar([r[x] for r in rs], [r['val_brierlm'] for r in rs], yerr=[r['val_brierlm_se'] for r in rs],
-                        fmt=style, capsize=3, label=text)
-            for r in rs:
+        # left: the line joins the runs that raise the best score so far (the frontier), the rest are
+        # bare markers; right: per size, the run with the largest budget (one point per inference cost)
+        frontier, best, largest = [], float('-inf'), {}
+        for r in rs:
+            if r['val_brierlm'] > best:
+                frontier.append(r)
+                best = r['val_brierlm']
+            largest[(r['n_layer'], r['n_embd'])] = r
+        others = [r for r in rs if r not in frontier]
+        by_cost = sorted(largest.values(), key=lambda r: r['inference_flops_per_token'])
+        for ax, x, pts, rest in zip(axes, ('train_flops', 'inference_flops_per_token'), (frontier, by_cost), (others, [])):
+            line = ax.errorbar([r[x] for r in pts], [r['val_brierlm'] for r in pts],
+                               yerr=[r['val_brierlm_se'] for r in pts], fmt=style, capsize=3, label=text)
+            if rest:
+                ax.errorbar([r[x] for r in rest], [r['val_brierlm'] for r in rest], yerr=[r['val_brierlm_se'] for r in rest],
+                            fmt=style[0], capsize=3, color=line[0].get_color(), alpha=0.5)
+            for r in pts + rest:
                 ax.annotate(f"{r['n_layer']}x{r['n_embd']}", (r[x], r['val_brierlm']), fontsize=7,
                             textcoords='offset points', xytext=(4, -10))
     axes[0].set_xlabel('training FLOPs (CALM: + its autoencoder stage)')

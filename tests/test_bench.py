@@ -1,5 +1,6 @@
 """bench.py at the test sizes: it runs, its weight accounting matches the configs, and the naive
 energy loss it compares memory against computes the same loss."""
+import pytest
 import torch
 
 import bench
@@ -25,6 +26,17 @@ def test_generation_and_training_report(capsys):
     assert set(rep['training'].get('minor_page_faults_per_step', tps)) == set(tps)
     assert rep['memory']['ours_peak_mib'] >= 0 and rep['memory']['naive_peak_mib'] > 0
     assert '"speedup"' in capsys.readouterr().out
+
+
+def test_minor_page_faults_counts_fresh_memory():
+    """The page-fault figure of the training bench counts something: writing 64 MiB that the OS has
+    not mapped yet (a fresh mmap, far above glibc's mmap threshold) faults at least once per 2 MiB
+    (once per 4 KiB page without transparent huge pages)."""
+    pytest.importorskip('resource')
+    f0 = bench.minor_page_faults()
+    x = torch.ones(16 << 20)                       # 64 MiB of float32, written
+    assert bench.minor_page_faults() - f0 >= 32, "minor_page_faults() did not see fresh memory being mapped"
+    del x
 
 
 def test_params_read_per_step_by_hand():

@@ -1,8 +1,11 @@
 """experiments/compute_matched.py: its table and plot over runs of several studies (--also), and its
 flag checks. The training runs themselves are what the README's table reports; here fake results."""
+import math
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from calm_min.config import ConfigError
 from conftest import ROOT
@@ -48,3 +51,53 @@ def test_flags_are_checked(tmp_path):
         cm.Config(also=str(tmp_path / 'missing.json')).validate()
     with pytest.raises(ConfigError, match='sizes'):
         cm.Config(sizes='2x128', budgets='1e13,2e13').validate()
+    with pytest.raises(ConfigError, match='twice'):
+        cm.Config(sizes='2x128,2x128', budgets='1e13,1e13').validate()
+    cm.Config(sizes='2x128,2x128', budgets='1e13,2e13').validate()   # one size at two budgets is fine
+
+
+def test_baseline_equivalent_by_hand():
+    """Log-linear interpolation on the baseline's frontier, which is a running maximum."""
+    runs = [run('gpt', 0, '2x64', 1e13, 10.0), run('gpt', 0, '2x64', 2e13, 8.0),   # worse with more FLOPs:
+            run('gpt', 0, '2x128', 4e13, 20.0)]                                    # the frontier stays at 10
+    frontier = cm.baseline_frontier(runs)
+    assert frontier == [(1e13, 10.0), (2e13, 10.0), (4e13, 20.0)]
+    rel, f = cm.baseline_equivalent(frontier, 15.0)
+    assert rel == '=' and f == pytest.approx(2e13 * 2 ** 0.5)                      # halfway from 2e13 to 4e13 in log
+    assert cm.baseline_equivalent(frontier, 9.0) == ('<=', 1e13)
+    assert cm.baseline_equivalent(frontier, 10.0) == ('<=', 1e13)
+    assert cm.baseline_equivalent(frontier, 20.5) == ('>', None)
+    text = cm.equivalence(runs + [run('calm', 4, '4x256', 3.6e14, 15.0)])
+    assert '| CALM K=4 2x128 | 15.00 ± 0.50 | 3.60e+14 | 2.8e+13' in text and '| 13x |' in text
+
+
+@given(st.lists(st.tuples(st.integers(120, 150), st.floats(0, 40)), min_size=1, max_size=8),   # FLOPs 10^(e/10)
+       st.floats(0, 40), st.floats(0, 40))
+@settings(max_examples=200, deadline=None)
+def test_baseline_equivalent_is_monotone_and_reaches_the_score(points, s1, s2):
+    """A higher score never needs fewer baseline FLOPs, and where the answer is interpolated the
+    frontier interpolated at those FLOPs gives back the score."""
+    runs = [run('gpt', 0, '2x128', 10 ** (e / 10), b) for e, b in points]
+    frontier = cm.baseline_frontier(runs)
+    assert all(b0 <= b1 and f0 < f1 for (f0, b0), (f1, b1) in zip(frontier, frontier[1:]))
+    lo, hi = sorted([s1, s2])
+    (r_lo, f_lo), (r_hi, f_hi) = cm.baseline_equivalent(frontier, lo), cm.baseline_equivalent(frontier, hi)
+    if f_hi is not None:
+        assert f_lo is not None and f_lo <= f_hi * (1 + 1e-9)
+    if r_hi == '=':
+        i = next(i for i, (_, b) in enumerate(frontier) if b >= hi)
+        (f0, b0), (f1, b1) = frontier[i - 1], frontier[i]
+        assert f0 * (1 - 1e-9) <= f_hi <= f1 * (1 + 1e-9)
+        t = (math.log(f_hi) - math.log(f0)) / (math.log(f1) - math.log(f0))
+        assert b0 + t * (b1 - b0) == pytest.approx(hi, abs=1e-6)
+
+
+def test_plan_names_a_recurring_size_by_budget(tmp_path):
+    """A size given at two budgets gets two run directories; only CALM runs point at the autoencoder."""
+    from calm_min.config import TrainConfig, parse_args
+    cfg = cm.Config(sizes='2x64,2x64,2x128', budgets='1e12,2e12,2e12', out_dir=str(tmp_path))
+    runs = cm.plan(cfg, parse_args([str(ROOT / 'config' / 'tiny_bytes.py')], TrainConfig), tmp_path / 'ae' / 'ae.pt')
+    assert [r['name'] for r in runs] == ['gpt_2x64_1e12', 'calm_2x64_1e12', 'gpt_2x64_2e12', 'calm_2x64_2e12',
+                                         'gpt_2x128', 'calm_2x128']
+    assert [any(f.startswith('--ae_ckpt=') for f in r['flags']) for r in runs] == [False, True] * 3
+    assert runs[2]['steps'] == pytest.approx(2 * runs[0]['steps'], abs=1)
