@@ -49,6 +49,7 @@ class Config:
     eval_blocks: int = 64                  # eval.py --max_blocks, validation and test
     plot: str = 'docs/compute_matched.png'
     also: str = ''                         # results.json files of earlier studies, comma-separated: added to table and plot
+                                           # (with --sizes= --budgets=: no runs, only their table and plot)
     dry_run: bool = False                  # print the plan (steps per run) and stop
 
     def validate(self):
@@ -62,6 +63,8 @@ class Config:
         pairs = list(zip(self.size_list(), self.budget_list()))
         if len(set(pairs)) != len(pairs):
             raise ConfigError("--sizes and --budgets name one (size, budget) pair twice; a size may recur with other budgets")
+        if not self.size_list() and not self.also_list():
+            raise ConfigError("--sizes and --budgets are empty: give runs to make, or --also files to tabulate and plot")
         if any(b <= 0 for b in self.budget_list()):
             raise ConfigError("--budgets must be positive")
         if any(m not in ('gpt', 'calm') for m in self.models.split(',')):
@@ -76,10 +79,10 @@ class Config:
         return [f for f in self.also.split(',') if f]
 
     def size_list(self) -> list[tuple[int, int]]:
-        return [tuple(int(v) for v in s.split('x')) for s in self.sizes.split(',')]
+        return [tuple(int(v) for v in s.split('x')) for s in self.sizes.split(',') if s]
 
     def budget_list(self) -> list[float]:
-        return [float(b) for b in self.budgets.split(',')]
+        return [float(b) for b in self.budgets.split(',') if b]
 
 
 def run(cmd: list[str], log: Path):
@@ -134,9 +137,10 @@ def main(cfg: Config) -> list[dict]:
     flags = shlex.split(cfg.train_flags)
     tcfg = parse_args([cfg.preset, *flags], TrainConfig)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ae_path = out / 'ae' / 'ae.pt'
     runs = plan(cfg, tcfg, ae_path)
+    if runs:
+        out.mkdir(parents=True, exist_ok=True)
     for r in runs:
         print(f"{r['name']:14s} {r['params'] / 1e6:6.2f}M params  {r['steps']:6d} steps  {r['tokens'] / 1e6:7.1f}M tokens  "
               f"{r['train_flops_per_token'] / 1e6:6.1f} MFLOP/token training  budget {r['budget']:.3g}")
@@ -163,7 +167,8 @@ def main(cfg: Config) -> list[dict]:
                      f'--out={path}', *dev], out / f"{r['name']}_eval_{split}.log")
             res = json.loads(path.read_text())['results']
             r[f'{split}_brierlm'], r[f'{split}_brierlm_se'] = res['brierlm'], res['brierlm_se']
-    (out / 'results.json').write_text(json.dumps(runs, indent=1))
+    if runs:
+        (out / 'results.json').write_text(json.dumps(runs, indent=1))
     shown = [r for f in cfg.also_list() for r in json.loads(Path(f).read_text())] + runs
     print(table(shown))
     print(equivalence(shown))
@@ -193,13 +198,17 @@ def table(runs: list[dict]) -> str:
 
 def baseline_frontier(runs: list[dict]) -> list[tuple[float, float]]:
     """The baseline's frontier: (training FLOPs, the best val BrierLM of any baseline run with at most
-    those FLOPs), one point per distinct budget, by increasing FLOPs (a running maximum: a budget can
-    always buy what a smaller one reached)."""
+    those FLOPs), one point per budget, by increasing FLOPs (a running maximum: a budget can always
+    buy what a smaller one reached). Runs of one budget (other sizes; their FLOPs differ by the
+    rounding of steps) make one point: their best score, at the largest of their FLOPs."""
+    by_budget = {}
+    for r in runs:
+        if r['model'] == 'gpt':
+            f, b = by_budget.get(r.get('budget', r['train_flops']), (0.0, float('-inf')))
+            by_budget[r.get('budget', r['train_flops'])] = (max(f, r['train_flops']), max(b, r['val_brierlm']))
     frontier, best = [], float('-inf')
-    for flops, score in sorted((r['train_flops'], r['val_brierlm']) for r in runs if r['model'] == 'gpt'):
+    for flops, score in sorted(by_budget.values()):
         best = max(best, score)
-        if frontier and frontier[-1][0] == flops:      # runs of equal FLOPs: one point, their best
-            frontier.pop()
         frontier.append((flops, best))
     return frontier
 
@@ -246,20 +255,20 @@ def plot(runs: list[dict], path: Path):
         return
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     calm_styles = iter(['o-', '^-.', 'v:', 'D-'] * 4)
+
+    def key(r):
+        return r['n_layer'], r['n_embd'], r.get('budget')
+    paired = {key(r) for r in runs if len({label(o) for o in runs if key(o) == key(r)}) > 1}
     for name in sorted({label(r) for r in runs}, key=lambda n: (n != 'baseline', n)):
         rs = sorted((r for r in runs if label(r) == name), key=lambda r: r['train_flops'])
         style, text = (('s--', 'baseline (next token)') if name == 'baseline'
                        else (next(calm_styles), f'{name} (next vector of K tokens)'))
-        # left: the line joins the runs that raise the best score so far (the frontier), the rest are
-        # bare markers; right: per size, the run with the largest budget (one point per inference cost)
-        frontier, best, largest = [], float('-inf'), {}
-        for r in rs:
-            if r['val_brierlm'] > best:
-                frontier.append(r)
-                best = r['val_brierlm']
-            largest[(r['n_layer'], r['n_embd'])] = r
+        # left: the line joins the frontier (runs that no run of at most 1% more FLOPs beats), the rest
+        # are bare markers; right: the compute-matched pairs only (a size and budget that another model shares)
+        frontier = [r for r in rs if not any(o['train_flops'] <= 1.01 * r['train_flops'] and o['val_brierlm'] > r['val_brierlm']
+                                             for o in rs)]
         others = [r for r in rs if r not in frontier]
-        by_cost = sorted(largest.values(), key=lambda r: r['inference_flops_per_token'])
+        by_cost = sorted((r for r in rs if key(r) in paired), key=lambda r: r['inference_flops_per_token'])
         for ax, x, pts, rest in zip(axes, ('train_flops', 'inference_flops_per_token'), (frontier, by_cost), (others, [])):
             line = ax.errorbar([r[x] for r in pts], [r['val_brierlm'] for r in pts],
                                yerr=[r['val_brierlm_se'] for r in pts], fmt=style, capsize=3, label=text)
@@ -275,7 +284,8 @@ def plot(runs: list[dict], path: Path):
         ax.set_xscale('log')
         ax.set_ylabel('validation BrierLM')
         ax.legend(fontsize=8)
-    fig.suptitle('compute-matched: the models of each size share one training-FLOP budget', fontsize=9)
+    fig.suptitle('compute-matched: the models of each size share one training-FLOP budget (left, faded: runs '
+                 'off their model\'s frontier; right: the matched pairs)', fontsize=9)
     save(fig, path)
 
 
