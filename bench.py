@@ -18,6 +18,9 @@ generation: tokens/s at batch --gen_batch for the reference without a KV cache (
   (`generate(compile=True)`; --gen_compile=false skips it), each as a multiple of the reference;
   the share of CALM's (eager) time in backbone, energy head and AE decoder; the parameters each step
   multiplies with and the speedup they allow when weight reads bound a step (batch 1): K * gpt / calm.
+  'weight_read_ms' times reading each model's step weights once on this machine (their bytes, summed
+  as one buffer), and 'measured_weight_bound_speedup' is the weight bound from those times: it
+  differs from the parameter count's where one model's weights fit a cache and the other's do not.
   --dtype picks the dtype of all three models' weights (bfloat16: cast, no autocast). With the
   compiled step at batch 1, 'calm_compiled_ms' sets the whole step beside its parts compiled and
   timed apart.
@@ -175,6 +178,22 @@ def params_read_per_step(gpt, calm) -> dict:
     return {'gpt': n(gpt.backbone) + gpt.tok_emb.weight.numel(), 'calm': sum(parts.values()), 'calm_parts': parts}
 
 
+def weight_read_ms(n_params: int, dtype: torch.dtype, device, rounds: int = 100) -> float:
+    """Milliseconds to read n_params weights of `dtype` once (their bytes as one contiguous float32 buffer,
+    summed over and over, best of `rounds`): what reading a step's weights costs on this machine
+    when they stay in whatever cache holds them. The parameter-count bound charges every byte the same;
+    the ratio of two models' figures here is the same bound measured, caches included."""
+    x = torch.ones(n_params * dtype.itemsize // 4, device=device)                 # the bytes, as float32
+    best = float('inf')
+    for _ in range(rounds):
+        sync(device)
+        t0 = time.perf_counter()
+        x.sum()
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
 def seconds(fn, device, seed: int) -> float:
     """Wall time of fn(generator) on `device`."""
     sync(device)
@@ -213,9 +232,12 @@ def bench_generation(bench, cfg, device, gpt, calm, ref):
     w = params_read_per_step(gpt, calm)
     res['params_read_per_step'] = w
     res['weight_bound_speedup'] = K * w['gpt'] / w['calm']
+    res['weight_read_ms'] = {m: weight_read_ms(w[m], dtype, device) for m in ('gpt', 'calm')}
+    res['measured_weight_bound_speedup'] = K * res['weight_read_ms']['gpt'] / res['weight_read_ms']['calm']
     if bench.gen_compile:
         res['speedup_compiled'] = best['gpt_compiled'] / best['calm_compiled']
         res['compiled_fraction_of_weight_bound'] = res['speedup_compiled'] / res['weight_bound_speedup']
+        res['compiled_fraction_of_measured_weight_bound'] = res['speedup_compiled'] / res['measured_weight_bound_speedup']
         if B == 1:                                               # the weight-read question is a batch-1 one
             res['calm_compiled_ms'] = compiled_parts_apart(calm, B, device, bench.repeats)
     # where CALM's time goes: one eager generate() with a timer around each part it calls (instance

@@ -20,6 +20,9 @@ def test_generation_and_training_report(capsys):
     gen = rep['generation']
     assert gen['gpt_tokens_per_s'] > 0 and gen['calm_tokens_per_s'] > 0 and gen['reference_nocache_tokens_per_s'] > 0
     assert abs(sum(gen['calm_time_share'].values()) - 1) < 0.01
+    ms = gen['weight_read_ms']
+    assert ms['gpt'] > 0 and ms['calm'] > 0
+    assert gen['measured_weight_bound_speedup'] == pytest.approx(rep['sizes']['chunk_size'] * ms['gpt'] / ms['calm'])
     tps = rep['training']['train_tokens_per_s']
     assert set(tps) == {f'{m}_{d}' for m in ('reference', 'gpt', 'calm') for d in ('float32', 'bfloat16')}
     assert 'gpt_bfloat16_over_reference_float32' in rep['training']['ratios']
