@@ -237,7 +237,8 @@ def bench_generation(bench, cfg, device, gpt, calm, ref):
     if bench.gen_compile:
         res['speedup_compiled'] = best['gpt_compiled'] / best['calm_compiled']
         res['compiled_fraction_of_weight_bound'] = res['speedup_compiled'] / res['weight_bound_speedup']
-        res['compiled_fraction_of_measured_weight_bound'] = res['speedup_compiled'] / res['measured_weight_bound_speedup']
+        res['compiled_fraction_of_measured_weight_bound'] = (res['speedup_compiled']
+                                                             / res['measured_weight_bound_speedup'])
         if B == 1:                                               # the weight-read question is a batch-1 one
             res['calm_compiled_ms'] = compiled_parts_apart(calm, B, device, bench.repeats)
     # where CALM's time goes: one eager generate() with a timer around each part it calls (instance

@@ -62,9 +62,11 @@ class Config:
             raise ConfigError(f"--sizes names {len(self.size_list())} sizes but --budgets {len(self.budget_list())}")
         pairs = list(zip(self.size_list(), self.budget_list()))
         if len(set(pairs)) != len(pairs):
-            raise ConfigError("--sizes and --budgets name one (size, budget) pair twice; a size may recur with other budgets")
+            raise ConfigError("--sizes and --budgets name one (size, budget) pair twice; "
+                              "a size may recur with other budgets")
         if not self.size_list() and not self.also_list():
-            raise ConfigError("--sizes and --budgets are empty: give runs to make, or --also files to tabulate and plot")
+            raise ConfigError("--sizes and --budgets are empty: give runs to make, "
+                              "or --also files to tabulate and plot")
         if any(b <= 0 for b in self.budget_list()):
             raise ConfigError("--budgets must be positive")
         if any(m not in ('gpt', 'calm') for m in self.models.split(',')):
@@ -112,7 +114,9 @@ def plan(cfg: Config, tcfg: TrainConfig, ae_path: Path) -> list[dict]:
             tokens_per_step = t.batch_size * t.grad_accum * (t.block_size // s * s)
             f = model.flops_per_token(t.block_size)
             steps = max(1, round(budget / (f['training'] * tokens_per_step)))
-            name = f'{kind}_{n_layer}x{n_embd}' + (f'_{budget:.3g}'.replace('+', '') if cfg.size_list().count((n_layer, n_embd)) > 1 else '')
+            name = f'{kind}_{n_layer}x{n_embd}'
+            if cfg.size_list().count((n_layer, n_embd)) > 1:      # a recurring size: one directory per budget
+                name += f'_{budget:.3g}'.replace('+', '')
             runs.append({'name': name, 'model': kind, 'chunk_size': t.chunk_size if kind == 'calm' else 1,
                          'n_layer': n_layer, 'n_embd': n_embd, 'budget': budget,
                          'steps': steps, 'tokens': steps * tokens_per_step,
@@ -200,7 +204,8 @@ def baseline_frontier(runs: list[dict]) -> list[tuple[float, float]]:
     """The baseline's frontier: (training FLOPs, the best val BrierLM of any baseline run with at most
     those FLOPs), one point per budget, by increasing FLOPs (a running maximum: a budget can always
     buy what a smaller one reached). Runs of one budget (other sizes; their FLOPs differ by the
-    rounding of steps) make one point: their best score, at the largest of their FLOPs."""
+    rounding of steps) make one point: their best score, at the largest of their FLOPs. Give it one
+    seed's runs: over several seeds the best of each budget would flatter the baseline."""
     by_budget = {}
     for r in runs:
         if r['model'] == 'gpt':
@@ -265,16 +270,18 @@ def plot(runs: list[dict], path: Path):
                        else (next(calm_styles), f'{name} (next vector of K tokens)'))
         # left: the line joins the frontier (runs that no run of at most 1% more FLOPs beats), the rest
         # are bare markers; right: the compute-matched pairs only (a size and budget that another model shares)
-        frontier = [r for r in rs if not any(o['train_flops'] <= 1.01 * r['train_flops'] and o['val_brierlm'] > r['val_brierlm']
-                                             for o in rs)]
+        frontier = [r for r in rs if not any(o['train_flops'] <= 1.01 * r['train_flops']
+                                             and o['val_brierlm'] > r['val_brierlm'] for o in rs)]
         others = [r for r in rs if r not in frontier]
         by_cost = sorted((r for r in rs if key(r) in paired), key=lambda r: r['inference_flops_per_token'])
-        for ax, x, pts, rest in zip(axes, ('train_flops', 'inference_flops_per_token'), (frontier, by_cost), (others, [])):
+        for ax, x, pts, rest in zip(axes, ('train_flops', 'inference_flops_per_token'), (frontier, by_cost),
+                                    (others, [])):
             line = ax.errorbar([r[x] for r in pts], [r['val_brierlm'] for r in pts],
                                yerr=[r['val_brierlm_se'] for r in pts], fmt=style, capsize=3, label=text)
             if rest:
-                ax.errorbar([r[x] for r in rest], [r['val_brierlm'] for r in rest], yerr=[r['val_brierlm_se'] for r in rest],
-                            fmt=style[0], capsize=3, color=line[0].get_color(), alpha=0.5)
+                ax.errorbar([r[x] for r in rest], [r['val_brierlm'] for r in rest],
+                            yerr=[r['val_brierlm_se'] for r in rest], fmt=style[0], capsize=3,
+                            color=line[0].get_color(), alpha=0.5)
             for r in pts + rest:
                 ax.annotate(f"{r['n_layer']}x{r['n_embd']}", (r[x], r['val_brierlm']), fontsize=7,
                             textcoords='offset points', xytext=(4, -10))

@@ -65,8 +65,9 @@ def test_baseline_equivalent_by_hand():
             run('gpt', 0, '2x128', 4e13, 20.0)]                                    # the frontier stays at 10
     frontier = cm.baseline_frontier(runs)
     assert frontier == [(1e13, 10.0), (2e13, 10.0), (4e13, 20.0)]
-    one_budget = [dict(run('gpt', 0, '2x64', 0.99e13, 9.0), budget=1e13), dict(run('gpt', 0, '2x128', 1e13, 10.0), budget=1e13)]
-    assert cm.baseline_frontier(one_budget) == [(1e13, 10.0)]                       # one point: the best, the largest FLOPs
+    one_budget = [dict(run('gpt', 0, '2x64', 0.99e13, 9.0), budget=1e13),
+                  dict(run('gpt', 0, '2x128', 1e13, 10.0), budget=1e13)]
+    assert cm.baseline_frontier(one_budget) == [(1e13, 10.0)]     # one point: the best, at the largest FLOPs
     rel, f = cm.baseline_equivalent(frontier, 15.0)
     assert rel == '=' and f == pytest.approx(2e13 * 2 ** 0.5)                      # halfway from 2e13 to 4e13 in log
     assert cm.baseline_equivalent(frontier, 9.0) == ('<=', 1e13)
