@@ -5,11 +5,13 @@
 #
 #     OUT=/tmp/gpu bash experiments/gpu_check.sh            # on the GPU machine
 #     SMALL=1 OUT=/tmp/dry bash experiments/gpu_check.sh    # a CPU dry run of the same steps
-set -euo pipefail
+set -uo pipefail     # no -e: a step that fails is written to $OUT/failures.txt and the next ones still run
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:-out/gpu_check}
 RUN=out/gpu_check_run                                        # checkpoints stay on the machine
 mkdir -p "$OUT" "$RUN"
+rm -f "$OUT/failures.txt" "$OUT/evals.jsonl"
+fail() { echo "step failed (exit $?): $1" | tee -a "$OUT/failures.txt"; }
 if [ "${SMALL:-0}" = 1 ]; then
   PRESET=config/test.py; DEV=cpu; EXTRA="--dataset=sotu --tokenizer=bytes --vocab_size=257"; ITERS=10; AE_ITERS=10
 else
@@ -17,19 +19,21 @@ else
 fi
 { python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null || true
-  python3 -m pytest -x -p no:cacheprovider 2>&1 | tail -3; } | tee "$OUT/env.txt"   # the CPU suite, this torch
+  python3 -m pytest -x -p no:cacheprovider 2>&1 | tail -3; } | tee "$OUT/env.txt" || fail tests   # the CPU suite, this torch
 # throughput at the preset's sizes: generation (batch 1 eager and compiled, then 64), training (fp32 and
 # bf16, eager and compiled, beside the nanoGPT-style reference), energy-loss memory; the profiles of
 # training steps and compiled decoding steps (JSON, and their tables in profile.txt)
-python3 bench.py $PRESET --device=$DEV $EXTRA --train_dtypes=float32,bfloat16 --train_compile=both > "$OUT/bench.json"
-python3 bench.py $PRESET --device=$DEV $EXTRA --what=profile > "$OUT/profile.json" 2> "$OUT/profile.txt"
-python3 bench.py $PRESET --device=$DEV $EXTRA --what=generation --gen_batch=64 --gen_tokens=128 > "$OUT/bench_gen64.json"
+python3 bench.py $PRESET --device=$DEV $EXTRA --train_dtypes=float32,bfloat16 --train_compile=both > "$OUT/bench.json" || fail bench
+python3 bench.py $PRESET --device=$DEV $EXTRA --what=profile > "$OUT/profile.json" 2> "$OUT/profile.txt" || fail profile
+python3 bench.py $PRESET --device=$DEV $EXTRA --what=generation --gen_batch=64 --gen_tokens=128 > "$OUT/bench_gen64.json" || fail bench_gen64
 # end to end, compiled, bf16 (auto on CUDA): the AE, then CALM, then the baseline, then evaluation
 COMMON="$PRESET --device=$DEV $EXTRA --out_dir=$RUN --max_iters=$ITERS --eval_interval=$ITERS --num_samples=2 --overwrite=true"
-python3 train.py $COMMON --model=calm --ae_max_iters=$AE_ITERS 2>&1 | tee "$OUT/train.log"
-python3 train.py $COMMON --model=gpt 2>&1 | tee -a "$OUT/train.log"
+python3 train.py $COMMON --model=calm --ae_max_iters=$AE_ITERS 2>&1 | tee "$OUT/train.log" || fail train_calm
+python3 train.py $COMMON --model=gpt 2>&1 | tee -a "$OUT/train.log" || fail train_gpt
 for m in ae calm gpt; do
-  python3 eval.py --ckpt="$RUN/$m.pt" --device=$DEV --out="$RUN/eval_$m.json" > /dev/null
-  python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))" "$RUN/eval_$m.json" >> "$OUT/evals.jsonl"
+  python3 eval.py --ckpt="$RUN/$m.pt" --device=$DEV --out="$RUN/eval_$m.json" > /dev/null \
+    && python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))" "$RUN/eval_$m.json" >> "$OUT/evals.jsonl" \
+    || fail "eval_$m"
 done
 echo "done: $(ls "$OUT" | tr '\n' ' ')"
+if [ -s "$OUT/failures.txt" ]; then cat "$OUT/failures.txt"; exit 1; fi
