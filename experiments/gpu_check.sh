@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A GPU check in one script (aimed at under 10 minutes on one H100/H200-class card): the CUDA paths (torch.compile, bf16 autocast, SDPA/FlashAttention) run end to end, and
-# their figures go to seven files in $OUT. It uses the machine's own torch (no install; it needs
+# A GPU check in one script (aimed at under 10 minutes on one H100/H200-class card): the CUDA paths
+# (torch.compile, bf16 autocast, SDPA/FlashAttention) run end to end, and their figures go to nine
+# files in $OUT. It uses the machine's own torch (no install; it needs
 # tokenizers, numpy, pytest and hypothesis there):
 #
 #     OUT=/tmp/gpu bash experiments/gpu_check.sh            # on the GPU machine
@@ -18,12 +19,14 @@ else
   PRESET=config/gpu_small.py; DEV=cuda; EXTRA=""; ITERS=200; AE_ITERS=1000
 fi
 { python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
-  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null || true
-  python3 -m pytest -x -p no:cacheprovider 2>&1 | tail -3; } | tee "$OUT/env.txt" || fail tests   # the CPU suite, this torch
-# throughput at the preset's sizes: generation (batch 1 eager and compiled, then 64), training (fp32 and
-# bf16, eager and compiled, beside the nanoGPT-style reference), energy-loss memory; the profiles of
-# training steps and compiled decoding steps (JSON, and their tables in profile.txt)
-python3 bench.py $PRESET --device=$DEV $EXTRA --train_dtypes=float32,bfloat16 --train_compile=both > "$OUT/bench.json" || fail bench
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null || true; } | tee "$OUT/env.txt"
+# the steps run in order of value, the GPU figures first: a session cut short keeps what finished
+# throughput at the preset's sizes: generation (batch 1 eager and compiled), training (fp32 and bf16, eager
+# and compiled, beside the nanoGPT-style reference); the profiles of training steps and compiled decoding
+# steps (JSON, and their tables in profile.txt); generation at batch 64
+python3 bench.py $PRESET --device=$DEV $EXTRA --what=generation > "$OUT/bench_gen.json" || fail bench_gen
+python3 bench.py $PRESET --device=$DEV $EXTRA --what=training --train_dtypes=float32,bfloat16 --train_compile=both \
+  > "$OUT/bench_train.json" || fail bench_train
 python3 bench.py $PRESET --device=$DEV $EXTRA --what=profile > "$OUT/profile.json" 2> "$OUT/profile.txt" || fail profile
 python3 bench.py $PRESET --device=$DEV $EXTRA --what=generation --gen_batch=64 --gen_tokens=128 > "$OUT/bench_gen64.json" || fail bench_gen64
 # end to end, compiled, bf16 (auto on CUDA): the AE, then CALM, then the baseline, then evaluation
@@ -35,5 +38,7 @@ for m in ae calm gpt; do
     && python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))" "$RUN/eval_$m.json" >> "$OUT/evals.jsonl" \
     || fail "eval_$m"
 done
+python3 bench.py $PRESET --device=$DEV $EXTRA --what=memory > "$OUT/bench_memory.json" || fail bench_memory   # energy-loss memory
+python3 -m pytest -x -p no:cacheprovider 2>&1 | tail -3 | tee -a "$OUT/env.txt" || fail tests   # the CPU suite, this torch
 echo "done: $(ls "$OUT" | tr '\n' ' ')"
 if [ -s "$OUT/failures.txt" ]; then cat "$OUT/failures.txt"; exit 1; fi
