@@ -209,8 +209,9 @@ def baseline_frontier(runs: list[dict]) -> list[tuple[float, float]]:
     by_budget = {}
     for r in runs:
         if r['model'] == 'gpt':
-            f, b = by_budget.get(r.get('budget', r['train_flops']), (0.0, float('-inf')))
-            by_budget[r.get('budget', r['train_flops'])] = (max(f, r['train_flops']), max(b, r['val_brierlm']))
+            key = r.get('budget', r['train_flops'])
+            f, b = by_budget.get(key, (0.0, float('-inf')))
+            by_budget[key] = (max(f, r['train_flops']), max(b, r['val_brierlm']))
     frontier, best = [], float('-inf')
     for flops, score in sorted(by_budget.values()):
         best = max(best, score)
