@@ -15,7 +15,8 @@ implementation, not a model of calm-min.
 
 generation: tokens/s at batch --gen_batch for the reference without a KV cache (the nanoGPT loop),
   the baseline and CALM with the cache, eager and with the compiled static-shape decoding step
-  (`generate(compile=True)`; --gen_compile=false skips it), each as a multiple of the reference;
+  (`generate(compile=True)`; --gen_compile=false skips it), and on CUDA that step replayed as a
+  CUDA graph (`compile='cudagraphs'`; --gen_cudagraphs=true/false), each as a multiple of the reference;
   the share of CALM's (eager) time in backbone, energy head and AE decoder; the parameters each step
   multiplies with and the speedup they allow when weight reads bound a step (batch 1): K * gpt / calm.
   'weight_read_ms' times reading each model's step weights once on this machine (their bytes, summed
@@ -73,6 +74,7 @@ class BenchConfig:
     gen_batch: int = 1             # sequences generated at once
     gen_tokens: int = 256          # new tokens per sequence
     gen_compile: bool = True       # also time the compiled decoding step
+    gen_cudagraphs: str = 'auto'   # also time that step replayed as a CUDA graph: auto (on CUDA), true, false
     train_steps: int = 10
     train_dtypes: str = ''         # training: comma-separated float32 / bfloat16 ('' = the preset's --dtype)
     train_compile: str = 'auto'    # training: auto (as train.py), true, false, both
@@ -86,6 +88,8 @@ class BenchConfig:
             raise ConfigError(f"--what must be all, generation, training, memory, flops or profile; got {self.what!r}")
         if self.profile not in ('training', 'decoding', 'both'):
             raise ConfigError(f"--profile must be training, decoding or both; got {self.profile!r}")
+        if self.gen_cudagraphs not in ('auto', 'true', 'false'):
+            raise ConfigError(f"--gen_cudagraphs must be auto, true or false; got {self.gen_cudagraphs!r}")
         if self.train_compile not in ('auto', 'true', 'false', 'both'):
             raise ConfigError(f"--train_compile must be auto, true, false or both; got {self.train_compile!r}")
         for d in filter(None, self.train_dtypes.split(',')):
@@ -216,6 +220,11 @@ def bench_generation(bench, cfg, device, gpt, calm, ref):
     if bench.gen_compile:
         runs.update(gpt_compiled=lambda g: gpt.generate(prompt, n, generator=g, compile=True),
                     calm_compiled=lambda g: calm.generate(prompt, n, generator=g, compile=True))
+    graphs = bench.gen_compile and (bench.gen_cudagraphs == 'true' or (bench.gen_cudagraphs == 'auto'
+                                                                      and device.type == 'cuda'))
+    if graphs:
+        runs.update(gpt_cudagraphs=lambda g: gpt.generate(prompt, n, generator=g, compile='cudagraphs'),
+                    calm_cudagraphs=lambda g: calm.generate(prompt, n, generator=g, compile='cudagraphs'))
     res = {'dtype': str(dtype).removeprefix('torch.')}
     for fn in runs.values():                                      # warm-up (and compilation), untimed
         fn(torch.Generator(device=device).manual_seed(0))
@@ -239,6 +248,10 @@ def bench_generation(bench, cfg, device, gpt, calm, ref):
         res['compiled_fraction_of_weight_bound'] = res['speedup_compiled'] / res['weight_bound_speedup']
         res['compiled_fraction_of_measured_weight_bound'] = (res['speedup_compiled']
                                                              / res['measured_weight_bound_speedup'])
+        if graphs:
+            res['speedup_cudagraphs'] = best['gpt_cudagraphs'] / best['calm_cudagraphs']
+            res['cudagraphs_over_compiled'] = {m: best[f'{m}_compiled'] / best[f'{m}_cudagraphs']
+                                               for m in ('gpt', 'calm')}
         if B == 1:                                               # the weight-read question is a batch-1 one
             res['calm_compiled_ms'] = compiled_parts_apart(calm, B, device, bench.repeats)
     # where CALM's time goes: one eager generate() with a timer around each part it calls (instance

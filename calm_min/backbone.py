@@ -147,6 +147,12 @@ class StaticKVCache(KVCache):
     def positions(self, T: int, device) -> torch.Tensor:
         return self.pos + torch.arange(T, device=device)                     # (T,)
 
+    def mark_static_addresses(self):
+        """Tell torch.compile that these buffers keep their addresses from call to call, so that a
+        CUDA graph (`generate(compile='cudagraphs')`) writes them in place instead of copying them in."""
+        for t in (*self.k, *self.v, self.pos, self.key_pos):
+            torch._dynamo.mark_static_address(t)
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
         if mask is not None:
             raise ValueError("StaticKVCache attends causally; pass no mask")

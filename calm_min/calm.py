@@ -201,26 +201,27 @@ class CALM(nn.Module):
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, sampler: Sampler = Sampler(),
                  generator: torch.Generator | None = None, use_cache: bool = True,
-                 compile: bool = False) -> torch.Tensor:
+                 compile: bool | str = False) -> torch.Tensor:
         """prompt (B, T0) -> (B, T0 + max_new_tokens). The prompt is left-padded to whole chunks
         (`pad_prompt`, padding removed from the output); ceil(max_new_tokens / K) chunks are generated,
         one backbone step each, and the output cut to max_new_tokens. With the cache, the prompt but its
         last chunk runs once (prefill); then at T = 1 each chunk is one `decode_step` from the chunk
-        before (compile=True: a compiled graph, the same chunks), below T = 1 a backbone step and the
-        sampler (`sample_chunks`). use_cache=False recomputes the whole prefix every step (the
-        reference for tests). The same generator gives the same chunks on every path."""
+        before (compile=True: a compiled graph, the same chunks; 'cudagraphs': that graph replayed as
+        a CUDA graph on CUDA), below T = 1 a backbone step and the sampler (`sample_chunks`).
+        use_cache=False recomputes the whole prefix every step (the reference for tests). The same
+        generator gives the same chunks on every path."""
         x = self.chunks(self.pad_prompt(prompt))                              # (B, L0, K)
         n_steps = -(-max_new_tokens // self.chunk_size)
         new = []
         if use_cache:
             # compiled: a static cache (fixed shapes); eager: the growing cache (attends to the filled part only)
             cache = self.backbone.make_cache(x.shape[0], cache_length(x.shape[1] + n_steps), x.device,
-                                             decode_cache_dtype(x.device, self.tok_emb.weight.dtype), static=compile)
+                                             decode_cache_dtype(x.device, self.tok_emb.weight.dtype), static=bool(compile))
             if x.shape[1] > 1:
                 self.hidden(x[:, :-1], cache)                                 # prefill, eager
             last = x[:, -1].clone(memory_format=torch.contiguous_format)     # (B, K), strided as the step's outputs
             like_h = self.tok_emb.weight.new_empty(x.shape[0], self.backbone.cfg.n_embd)  # the noise's shape and dtype
-            with decoding_step(self, compile) as step:
+            with decoding_step(self, compile, cache) as step:
                 for _ in range(n_steps):
                     if sampler.temperature == 1.0:
                         last = step(last, cache, self.head.noise(like_h, 1, generator))   # (B, K)

@@ -100,24 +100,33 @@ def decode_compile_options() -> dict:
     return {'post_grad_fusion_options': {**inductor_config.post_grad_fusion_options, 'decompose_mm_pass': mm}}
 
 
-def compile_for_decoding(fn):
+def compile_for_decoding(fn, cuda_graphs: bool = False):
     """fn through torch.compile as one whole graph with static shapes (fullgraph=True fails loudly
-    rather than falling back op by op) and the decoding options above."""
-    return torch.compile(fn, fullgraph=True, dynamic=False, options=decode_compile_options())
+    rather than falling back op by op) and the decoding options above. cuda_graphs=True also replays
+    the graph as a CUDA graph (what mode='reduce-overhead' turns on; torch.compile takes a mode or
+    options, not both), which on CUDA launches the step's kernels at once; elsewhere it changes nothing."""
+    options = decode_compile_options()
+    if cuda_graphs:
+        options['triton.cudagraphs'] = True
+    return torch.compile(fn, fullgraph=True, dynamic=False, options=options)
 
 
-def compiled_decode_step(model):
+def compiled_decode_step(model, cuda_graphs: bool = False):
     """`model.decode_step` through `compile_for_decoding`. Compiled on first use and kept on
     the model; a new batch size, cache length, dtype or device compiles another graph (dynamo's guards)."""
-    fn = model.__dict__.get('_compiled_decode_step')
+    key = '_compiled_decode_step' + ('_cuda_graphs' if cuda_graphs else '')
+    fn = model.__dict__.get(key)
     if fn is None:
-        fn = compile_for_decoding(model.decode_step)
-        model.__dict__['_compiled_decode_step'] = fn
+        fn = compile_for_decoding(model.decode_step, cuda_graphs)
+        model.__dict__[key] = fn
     return fn
 
 
+COMPILE_CHOICES = (False, True, 'cudagraphs')
+
+
 @contextlib.contextmanager
-def decoding_step(model, compile: bool):
+def decoding_step(model, compile: bool | str, cache=None):
     """The step a generation loop calls: `model.decode_step`, or with compile=True its compiled graph.
     Compiled, the first call runs dynamo's guard check, which picks (or compiles) the graph for these
     shapes, dtypes and this model; later calls inside the `with` block skip the check
@@ -125,15 +134,27 @@ def decoding_step(model, compile: bool):
     look at changes, only the values in the inputs, so the check could only pass again; it cost
     about a tenth of CALM's compiled step at the tiny sizes (bench.py --what=profile). The stance
     is restored when the block ends, on an exception too. It is process-wide: do not run compiled
-    generation in two threads at once."""
+    generation in two threads at once.
+
+    compile='cudagraphs': the compiled graph replayed as a CUDA graph (on CUDA; elsewhere the same as
+    True). The static `cache` is marked as living at fixed addresses, so the graph writes it in place,
+    and each step's output is copied out, since the next replay reuses its memory. Not yet measured
+    on a GPU (README, *Throughput*); a new cache per `generate` call makes the graph record again."""
+    if compile not in COMPILE_CHOICES:
+        raise ValueError(f"compile must be False, True or 'cudagraphs'; got {compile!r}")
     if not compile:
         yield model.decode_step
         return
-    fn, checked = compiled_decode_step(model), False
+    graphs = compile == 'cudagraphs'
+    if graphs and cache is not None:
+        cache.mark_static_addresses()
+    fn, checked = compiled_decode_step(model, graphs), False
     with contextlib.ExitStack() as stack:
         def step(*args):
             nonlocal checked
             out = fn(*args)
+            if graphs:
+                out = out.clone()
             if not checked:
                 checked = True
                 try:                                   # sets the stance now, restores it when the stack closes

@@ -74,12 +74,13 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, sampler: Sampler = Sampler(),
                  generator: torch.Generator | None = None, use_cache: bool = True,
-                 compile: bool = False) -> torch.Tensor:
+                 compile: bool | str = False) -> torch.Tensor:
         """Continue prompt (B, T0) by max_new_tokens sampled tokens -> (B, T0 + max_new_tokens).
         With the cache, the prompt but its last token runs once (prefill), and each new token is one
         `decode_step` from the last token; compile=True runs that step as a compiled graph (the same
-        tokens). use_cache=False recomputes the whole prefix every step (the reference for tests). The
-        same generator gives the same tokens on every path."""
+        tokens), compile='cudagraphs' replays that graph as a CUDA graph on CUDA (`device.decoding_step`).
+        use_cache=False recomputes the whole prefix every step (the reference for tests). The same
+        generator gives the same tokens on every path."""
         T, k = sampler.temperature, sampler.top_k
         out = prompt
         if not use_cache:
@@ -90,13 +91,13 @@ class GPT(nn.Module):
         B, V = prompt.shape[0], self.cfg.vocab_size
         # compiled: a static cache (fixed shapes); eager: the growing cache, which attends to the filled part only
         cache = self.backbone.make_cache(B, cache_length(prompt.shape[1] + max_new_tokens), prompt.device,
-                                         decode_cache_dtype(prompt.device, self.tok_emb.weight.dtype), static=compile)
+                                         decode_cache_dtype(prompt.device, self.tok_emb.weight.dtype), static=bool(compile))
         if prompt.shape[1] > 1:
             self.backbone(self.tok_emb(prompt[:, :-1]), cache=cache)          # prefill, eager
         # the step's own outputs are contiguous: so is its first input, or dynamo would guard on the
         # prompt's strides and compile the step a second time
         x, new = prompt[:, -1:].clone(memory_format=torch.contiguous_format), []
-        with decoding_step(self, compile) as step:
+        with decoding_step(self, compile, cache) as step:
             for _ in range(max_new_tokens):
                 u = torch.rand((B, V), generator=generator, device=prompt.device)  # as sample_logits draws it
                 x = step(x, cache, u, T, k)                                       # (B, 1)

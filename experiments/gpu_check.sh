@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A GPU check in one script (aimed at under 10 minutes on one H100/H200-class card): the CUDA paths
-# (torch.compile, bf16 autocast, SDPA/FlashAttention) run end to end, and their figures go to nine
-# files in $OUT. It uses the machine's own torch (no install; it needs
-# tokenizers, numpy, pytest and hypothesis there):
+# (torch.compile, bf16 autocast, SDPA/FlashAttention) run end to end, and their figures go to at most
+# eight files in $OUT, as many as the device tool brings back: env.txt, bench_gen.json, bench_train.json,
+# profile.json, bench_more.json, log.txt, evals.jsonl and, if a step failed, failures.txt. It uses the
+# machine's own torch (no install; it needs tokenizers, numpy, pytest and hypothesis there):
 #
 #     OUT=/tmp/gpu bash experiments/gpu_check.sh            # on the GPU machine
 #     SMALL=1 OUT=/tmp/dry bash experiments/gpu_check.sh    # a CPU dry run of the same steps
@@ -11,8 +12,15 @@ export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:-out/gpu_check}
 RUN=out/gpu_check_run                                        # checkpoints stay on the machine
 mkdir -p "$OUT" "$RUN"
-rm -f "$OUT/failures.txt" "$OUT/evals.jsonl"
+for f in env.txt bench_gen.json bench_train.json profile.json bench_more.json log.txt evals.jsonl failures.txt; do
+  rm -f "$OUT/$f"; done
+rm -f "$RUN/bench_gen64.json" "$RUN/bench_memory.json"
 fail() { echo "step failed (exit $?): $1" | tee -a "$OUT/failures.txt"; }
+more() {   # bench_more.json: the smaller bench results that have finished so far, under one key each
+  python3 -c "import json, os, sys; json.dump({k: json.load(open(f)) for k, f in zip(sys.argv[1::2], sys.argv[2::2])
+              if os.path.exists(f) and os.path.getsize(f)}, sys.stdout, indent=1)" \
+    generation_batch64 "$RUN/bench_gen64.json" memory "$RUN/bench_memory.json" > "$OUT/bench_more.json" || fail bench_more
+}
 if [ "${SMALL:-0}" = 1 ]; then
   PRESET=config/test.py; DEV=cpu; EXTRA="--dataset=sotu --tokenizer=bytes --vocab_size=257"; ITERS=10; AE_ITERS=10
 else
@@ -21,24 +29,31 @@ fi
 { python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null || true; } | tee "$OUT/env.txt"
 # the steps run in order of value, the GPU figures first: a session cut short keeps what finished
-# throughput at the preset's sizes: generation (batch 1 eager and compiled), training (fp32 and bf16, eager
-# and compiled, beside the nanoGPT-style reference); the profiles of training steps and compiled decoding
-# steps (JSON, and their tables in profile.txt); generation at batch 64
-python3 bench.py $PRESET --device=$DEV $EXTRA --what=generation > "$OUT/bench_gen.json" || fail bench_gen
+# throughput at the preset's sizes: generation (batch 1: eager, compiled, compiled with CUDA graphs),
+# training (fp32 and bf16, eager and compiled, beside the nanoGPT-style reference); the profiles of
+# training steps and compiled decoding steps (their tables in profile.json, under "table", and as
+# printed in log.txt); generation at batch 64 (bench.py's stderr goes to log.txt, as do the training
+# runs' logs)
+LOG="$OUT/log.txt"
+python3 bench.py $PRESET --device=$DEV $EXTRA --what=generation --gen_cudagraphs=true > "$OUT/bench_gen.json" 2>> "$LOG" || fail bench_gen
 python3 bench.py $PRESET --device=$DEV $EXTRA --what=training --train_dtypes=float32,bfloat16 --train_compile=both \
-  > "$OUT/bench_train.json" || fail bench_train
-python3 bench.py $PRESET --device=$DEV $EXTRA --what=profile > "$OUT/profile.json" 2> "$OUT/profile.txt" || fail profile
-python3 bench.py $PRESET --device=$DEV $EXTRA --what=generation --gen_batch=64 --gen_tokens=128 > "$OUT/bench_gen64.json" || fail bench_gen64
+  > "$OUT/bench_train.json" 2>> "$LOG" || fail bench_train
+python3 bench.py $PRESET --device=$DEV $EXTRA --what=profile > "$OUT/profile.json" 2>> "$LOG" || fail profile
+python3 bench.py $PRESET --device=$DEV $EXTRA --what=generation --gen_batch=64 --gen_tokens=128 \
+  > "$RUN/bench_gen64.json" 2>> "$LOG" || fail bench_gen64
+more
 # end to end, compiled, bf16 (auto on CUDA): the AE, then CALM, then the baseline, then evaluation
 COMMON="$PRESET --device=$DEV $EXTRA --out_dir=$RUN --max_iters=$ITERS --eval_interval=$ITERS --num_samples=2 --overwrite=true"
-python3 train.py $COMMON --model=calm --ae_max_iters=$AE_ITERS 2>&1 | tee "$OUT/train.log" || fail train_calm
-python3 train.py $COMMON --model=gpt 2>&1 | tee -a "$OUT/train.log" || fail train_gpt
+python3 train.py $COMMON --model=calm --ae_max_iters=$AE_ITERS 2>&1 | tee -a "$LOG" || fail train_calm
+python3 train.py $COMMON --model=gpt 2>&1 | tee -a "$LOG" || fail train_gpt
 for m in ae calm gpt; do
   python3 eval.py --ckpt="$RUN/$m.pt" --device=$DEV --out="$RUN/eval_$m.json" > /dev/null \
     && python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))" "$RUN/eval_$m.json" >> "$OUT/evals.jsonl" \
     || fail "eval_$m"
 done
-python3 bench.py $PRESET --device=$DEV $EXTRA --what=memory > "$OUT/bench_memory.json" || fail bench_memory   # energy-loss memory
+python3 bench.py $PRESET --device=$DEV $EXTRA --what=memory > "$RUN/bench_memory.json" 2>> "$LOG" || fail bench_memory   # energy-loss memory
+more
 python3 -m pytest -x -p no:cacheprovider 2>&1 | tail -3 | tee -a "$OUT/env.txt" || fail tests   # the CPU suite, this torch
 echo "done: $(ls "$OUT" | tr '\n' ' ')"
+n=$(ls "$OUT" | wc -l); [ "$n" -le 8 ] || echo "warning: $n files in $OUT, the device tool brings back 8"
 if [ -s "$OUT/failures.txt" ]; then cat "$OUT/failures.txt"; exit 1; fi

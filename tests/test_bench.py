@@ -99,3 +99,14 @@ def test_op_classes():
     assert [bench.op_class(n) for n in ('aten::mm', 'aten::addmm', 'aten::_scaled_dot_product_flash_attention_for_cpu',
                                         '## Call CompiledFxGraph fabc ##', 'TorchDynamo Cache Lookup', 'aten::mul')] == \
         ['matmul', 'matmul', 'attention', 'compiled_kernels', 'guard_check', 'other']
+
+
+def test_bench_flags_are_checked():
+    """A bad choice is refused with the valid ones, before any model is built."""
+    from calm_min.config import ConfigError
+    for flag, msg in (('--gen_cudagraphs=maybe', 'gen_cudagraphs must be auto, true or false'),
+                      ('--train_compile=yes', 'train_compile must be auto, true, false or both'),
+                      ('--what=speed', 'what must be all, generation')):
+        with pytest.raises(ConfigError, match=msg):
+            bcfg, _ = bench_cfg(flag)
+            bcfg.validate()
