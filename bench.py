@@ -23,8 +23,8 @@ generation: tokens/s at batch --gen_batch for the reference without a KV cache (
   as one buffer), and 'measured_weight_bound_speedup' is the weight bound from those times: it
   differs from the parameter count's where one model's weights fit a cache and the other's do not.
   --dtype picks the dtype of all three models' weights (bfloat16: cast, no autocast). With the
-  compiled step at batch 1, 'calm_compiled_ms' sets the whole step beside its parts compiled and
-  timed apart.
+  compiled step at batch 1 on a CPU, 'calm_compiled_ms' sets the whole step beside its parts compiled
+  and timed apart.
   The CALM-only parts (compression, head, decoder) are a fixed cost per step, large beside a tiny
   backbone: compare config/tiny.py with config/gpu_small.py.
 training:   tokens of text per second of a full training step (forward, backward, AdamW) for the
@@ -252,8 +252,8 @@ def bench_generation(bench, cfg, device, gpt, calm, ref):
             res['speedup_cudagraphs'] = best['gpt_cudagraphs'] / best['calm_cudagraphs']
             res['cudagraphs_over_compiled'] = {m: best[f'{m}_compiled'] / best[f'{m}_cudagraphs']
                                                for m in ('gpt', 'calm')}
-        if B == 1:                                               # the weight-read question is a batch-1 one
-            res['calm_compiled_ms'] = compiled_parts_apart(calm, B, device, bench.repeats)
+        if B == 1 and device.type == 'cpu':   # the weight-read question: batch 1, on a CPU's caches (and
+            res['calm_compiled_ms'] = compiled_parts_apart(calm, B, device, bench.repeats)  # 5 compilations)
     # where CALM's time goes: one eager generate() with a timer around each part it calls (instance
     # wrappers, removed afterwards; the model's own loop runs unchanged)
     parts = {'backbone': 0.0, 'head': 0.0, 'decoder': 0.0}

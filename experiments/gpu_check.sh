@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A GPU check in one script (aimed at under 10 minutes on one H100/H200-class card): the CUDA paths
+# A GPU check in one script (one H100/H200-class card; the most valuable steps first): the CUDA paths
 # (torch.compile, bf16 autocast, SDPA/FlashAttention) run end to end, and their figures go to at most
 # eight files in $OUT, as many as the device tool brings back: env.txt, bench_gen.json, bench_train.json,
 # profile.json, bench_more.json, log.txt, evals.jsonl and, if a step failed, failures.txt. It uses the
@@ -28,21 +28,19 @@ else
 fi
 { python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null || true; } | tee "$OUT/env.txt"
-# the steps run in order of value, the GPU figures first: a session cut short keeps what finished
-# throughput at the preset's sizes: generation (batch 1: eager, compiled, compiled with CUDA graphs),
-# training (fp32 and bf16, eager and compiled, beside the nanoGPT-style reference); the profiles of
-# training steps and compiled decoding steps (their tables in profile.json, under "table", and as
-# printed in log.txt); generation at batch 64 (bench.py's stderr goes to log.txt, as do the training
-# runs' logs)
+# The steps run in order of value, so that a run stopped early (the device tool stops a command at 10
+# minutes; compile times at these sizes on a GPU are not yet measured) keeps what finished:
+# 1. throughput at the preset's sizes: generation at batch 1 (eager, compiled, compiled with CUDA
+#    graphs), then bf16 training (eager and compiled, 3 compilations, beside the nanoGPT-style reference);
+# 2. the end-to-end run (train.py, bf16, compiled) and its evaluations;
+# 3. the profiles (float32 eager training steps, compiled decoding steps; their tables in profile.json
+#    under "table" and as printed in log.txt), generation at batch 64, the energy loss's memory;
+# 4. the CPU suite. bench.py's stderr goes to log.txt, as do the training runs' logs.
 LOG="$OUT/log.txt"
 python3 bench.py $PRESET --device=$DEV $EXTRA --what=generation --gen_cudagraphs=true > "$OUT/bench_gen.json" 2>> "$LOG" || fail bench_gen
-python3 bench.py $PRESET --device=$DEV $EXTRA --what=training --train_dtypes=float32,bfloat16 --train_compile=both \
+python3 bench.py $PRESET --device=$DEV $EXTRA --what=training --train_dtypes=bfloat16 --train_compile=both \
   > "$OUT/bench_train.json" 2>> "$LOG" || fail bench_train
-python3 bench.py $PRESET --device=$DEV $EXTRA --what=profile > "$OUT/profile.json" 2>> "$LOG" || fail profile
-python3 bench.py $PRESET --device=$DEV $EXTRA --what=generation --gen_batch=64 --gen_tokens=128 \
-  > "$RUN/bench_gen64.json" 2>> "$LOG" || fail bench_gen64
-more
-# end to end, compiled, bf16 (auto on CUDA): the AE, then CALM, then the baseline, then evaluation
+# 2. end to end, compiled, bf16 (auto on CUDA): the AE, then CALM, then the baseline, then evaluation
 COMMON="$PRESET --device=$DEV $EXTRA --out_dir=$RUN --max_iters=$ITERS --eval_interval=$ITERS --num_samples=2 --overwrite=true"
 python3 train.py $COMMON --model=calm --ae_max_iters=$AE_ITERS 2>&1 | tee -a "$LOG" || fail train_calm
 python3 train.py $COMMON --model=gpt 2>&1 | tee -a "$LOG" || fail train_gpt
@@ -51,6 +49,10 @@ for m in ae calm gpt; do
     && python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))" "$RUN/eval_$m.json" >> "$OUT/evals.jsonl" \
     || fail "eval_$m"
 done
+python3 bench.py $PRESET --device=$DEV $EXTRA --what=profile > "$OUT/profile.json" 2>> "$LOG" || fail profile
+python3 bench.py $PRESET --device=$DEV $EXTRA --what=generation --gen_batch=64 --gen_tokens=128 \
+  > "$RUN/bench_gen64.json" 2>> "$LOG" || fail bench_gen64
+more
 python3 bench.py $PRESET --device=$DEV $EXTRA --what=memory > "$RUN/bench_memory.json" 2>> "$LOG" || fail bench_memory   # energy-loss memory
 more
 python3 -m pytest -x -p no:cacheprovider 2>&1 | tail -3 | tee -a "$OUT/env.txt" || fail tests   # the CPU suite, this torch
