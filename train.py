@@ -246,7 +246,8 @@ def train(cfg: TrainConfig, corpus, dist: Dist) -> dict:
 
     # -- logging, evaluation, checkpoints ---------------------------------------------------------
     def record(rec):
-        dist.log(' '.join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
+        dist.log(' '.join([rec['kind']] + [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                           for k, v in rec.items() if k != 'kind']))
         if jsonl:
             jsonl.write(json.dumps(rec) + '\n')
             jsonl.flush()
@@ -299,7 +300,7 @@ def train(cfg: TrainConfig, corpus, dist: Dist) -> dict:
         last_saved[0] = it
 
     tokens_per_step = tokens_per_micro * cfg.grad_accum * dist.world
-    flops_per_step = 0.0 if is_ae else tokens_per_step * model.flops_per_token(cfg.block_size)['training']
+    flops_per_step = tokens_per_step * model.flops_per_token(cfg.block_size)['training']
     peak = peak_bf16_flops(device) if flops_per_step else None
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     dist.log(f"{cfg.model}: {n_params / 1e6:.2f}M trainable parameters on {device}, {max_iters} iterations, "

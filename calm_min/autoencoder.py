@@ -105,6 +105,12 @@ class Autoencoder(nn.Module):
         clipped = kl.clamp_min(self.cfg.kl_clip) if self.cfg.kl_clip > 0 else kl
         return kl, clipped.sum(-1)
 
+    def flops_per_token(self, context: int = 0) -> dict:
+        """Analytic FLOPs per token (calm_min/flops.py); each chunk is coded alone, so `context` (the
+        models' common signature) does not matter."""
+        from .flops import ae_per_token                   # flops.py imports AEConfig from here
+        return ae_per_token(self.cfg)
+
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None,
                 generator: torch.Generator | None = None):
         """Chunks x (..., K) -> (output dict, loss): the reconstruction of `targets` (default: x itself).

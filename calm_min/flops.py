@@ -39,6 +39,15 @@ def ae_decoder(ae: AEConfig) -> int:
             + K * 2 * d * ae.vocab_size)
 
 
+def ae_per_token(ae: AEConfig) -> dict:
+    """The autoencoder stage, per token: 'inference' is one chunk's encoder and decoder (forward),
+    'training' 3x that (the chunk's reconstruction loss trains both)."""
+    fwd = {'encoder': ae_encoder(ae), 'decoder': ae_decoder(ae)}
+    K = ae.chunk_size
+    return {'inference': sum(fwd.values()) / K, 'inference_parts': {k: v / K for k, v in fwd.items()},
+            'training': 3 * sum(fwd.values()) / K}
+
+
 def head_forward(d: int, latent_size: int, noise_size: int, n_blocks: int, n_samples: int) -> int:
     """One position's condition (computed once) and n_samples samples."""
     per_position = 2 * d * d + n_blocks * 2 * d * d                          # cond_in; each block's in_c

@@ -33,7 +33,6 @@ sys.path.insert(0, str(ROOT))
 from calm_min.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from calm_min.config import ConfigError, TrainConfig, parse_args  # noqa: E402
 from calm_min.data import load_corpus  # noqa: E402
-from calm_min.flops import ae_decoder, ae_encoder  # noqa: E402
 from experiments.plotting import pyplot, save  # noqa: E402
 from train import build_model  # noqa: E402
 
@@ -130,10 +129,12 @@ def plan(cfg: Config, tcfg: TrainConfig, ae_path: Path) -> list[dict]:
 
 
 def ae_train_flops(ae_path: Path) -> float:
-    """The autoencoder stage: 3x the forward FLOPs of encoder and decoder per chunk, over its steps."""
+    """The autoencoder stage: 3x the forward FLOPs of encoder and decoder per chunk, over its steps
+    (computed here: checkpoints written before train.py counted the autoencoder's FLOPs record 0)."""
     ck = load_checkpoint(ae_path, ('ae',))
     ae = model_from_checkpoint(ck, ae_path)
-    return 3 * (ae_encoder(ae.cfg) + ae_decoder(ae.cfg)) * ck['train_config']['ae_batch_size'] * ck['step']
+    chunks = ck['train_config']['ae_batch_size'] * ck['step']
+    return ae.flops_per_token()['training'] * ae.cfg.chunk_size * chunks
 
 
 def main(cfg: Config) -> list[dict]:

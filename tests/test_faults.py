@@ -74,7 +74,7 @@ def test_sigterm_saves_the_current_step_and_resumes(train_cfg):
     p = subprocess.Popen(_cmd(train_cfg, '--model=gpt', '--max_iters=100000', '--eval_interval=100000'),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in p.stdout:                                     # wait for a few training steps
-        if line.startswith('kind train iter 3 '):
+        if line.startswith('train iter 3 '):
             break
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=120)

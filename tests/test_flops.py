@@ -53,3 +53,14 @@ def test_per_token_figures_add_up():
     assert c['inference'] == pytest.approx(sum(c['inference_parts'].values()))
     assert c['training'] == pytest.approx(sum(c['training_parts'].values()))
     assert g['training'] == 3 * g['inference'] > 0
+
+
+def test_autoencoder_training_flops():
+    """The autoencoder stage's forward in training mode (token and latent dropout on) runs the encoder
+    and decoder once per chunk: FlopCounterMode agrees with `ae_per_token`, and training is 3x that."""
+    aec = AEConfig(vocab_size=40, chunk_size=4, latent_size=8, dim=32, hidden=64)
+    ae = Autoencoder(aec).train()
+    x = torch.randint(39, (6, 4))                                 # 6 chunks of K = 4 tokens
+    f = ae.flops_per_token()
+    assert counted(lambda: ae(x)) == 6 * 4 * f['inference']
+    assert f['training'] == 3 * f['inference'] == pytest.approx(3 * sum(f['inference_parts'].values()))
