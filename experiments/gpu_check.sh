@@ -31,13 +31,16 @@ fi
 # The steps run in order of value, so that a run stopped early (the device tool stops a command at 10
 # minutes; compile times at these sizes on a GPU are not yet measured) keeps what finished:
 # 1. throughput at the preset's sizes: generation at batch 1 (eager, compiled, compiled with CUDA
-#    graphs), then bf16 training (eager and compiled, 3 compilations, beside the nanoGPT-style reference);
+#    graphs, whose tokens a CUDA test then checks), then bf16 training (eager and compiled, 3
+#    compilations, beside the nanoGPT-style reference);
 # 2. the end-to-end run (train.py, bf16, compiled) and its evaluations;
 # 3. the profiles (float32 eager training steps, compiled decoding steps; their tables in profile.json
 #    under "table" and as printed in log.txt), generation at batch 64, the energy loss's memory;
 # 4. the CPU suite. bench.py's stderr goes to log.txt, as do the training runs' logs.
 LOG="$OUT/log.txt"
 python3 bench.py $PRESET --device=$DEV $EXTRA --what=generation --gen_cudagraphs=true > "$OUT/bench_gen.json" 2>> "$LOG" || fail bench_gen
+# the CUDA-graph tokens against the compiled step's, before the figures above are read (skipped on CPU)
+python3 -m pytest -q -p no:cacheprovider tests/test_decode.py -k cuda_graphs 2>&1 | tail -3 | tee -a "$LOG" || fail test_cuda_graphs
 python3 bench.py $PRESET --device=$DEV $EXTRA --what=training --train_dtypes=bfloat16 --train_compile=both \
   > "$OUT/bench_train.json" 2>> "$LOG" || fail bench_train
 # 2. end to end, compiled, bf16 (auto on CUDA): the AE, then CALM, then the baseline, then evaluation
