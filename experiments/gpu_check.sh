@@ -40,7 +40,7 @@ fi
 LOG="$OUT/log.txt"
 python3 bench.py $PRESET --device=$DEV $EXTRA --what=generation --gen_cudagraphs=true > "$OUT/bench_gen.json" 2>> "$LOG" || fail bench_gen
 # the CUDA-graph tokens against the compiled step's, before the figures above are read (skipped on CPU)
-python3 -m pytest -q -p no:cacheprovider tests/test_decode.py -k cuda_graphs 2>&1 | tail -3 | tee -a "$LOG" || fail test_cuda_graphs
+python3 -m pytest -p no:cacheprovider tests/test_decode.py -k cuda_graphs 2>&1 | tail -3 | tee -a "$LOG" || fail test_cuda_graphs
 python3 bench.py $PRESET --device=$DEV $EXTRA --what=training --train_dtypes=bfloat16 --train_compile=both \
   > "$OUT/bench_train.json" 2>> "$LOG" || fail bench_train
 # 2. end to end, compiled, bf16 (auto on CUDA): the AE, then CALM, then the baseline, then evaluation
