@@ -301,7 +301,7 @@ def train(cfg: TrainConfig, corpus, dist: Dist) -> dict:
 
     tokens_per_step = tokens_per_micro * cfg.grad_accum * dist.world
     flops_per_step = tokens_per_step * model.flops_per_token(cfg.block_size)['training']
-    peak = peak_bf16_flops(device) if flops_per_step else None
+    peak = peak_bf16_flops(device)                        # None off CUDA or for an unknown GPU: no MFU
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     dist.log(f"{cfg.model}: {n_params / 1e6:.2f}M trainable parameters on {device}, {max_iters} iterations, "
              f"{tokens_per_micro * cfg.grad_accum * dist.world:,} tokens per iteration")

@@ -108,5 +108,4 @@ def test_bench_flags_are_checked():
                       ('--train_compile=yes', 'train_compile must be auto, true, false or both'),
                       ('--what=speed', 'what must be all, generation')):
         with pytest.raises(ConfigError, match=msg):
-            bcfg, _ = bench_cfg(flag)
-            bcfg.validate()
+            bench_cfg(flag)                                   # parse_args validates
