@@ -82,11 +82,17 @@ def decode_compile_options() -> dict:
     writes such products (on CPU: M <= DECODE_MM_ROWS, other sides <= 2048) as its own fused, vectorised
     reductions instead of calling the BLAS once per product, which here costs more than the arithmetic
     (README, *Throughput*: the largest gain of the compiled step on 2 CPU cores). The pass only fires
-    on CUDA for M >= 10240, so it does nothing to CUDA decoding. Empty where this torch's inductor
-    lacks the option."""
+    on CUDA for M >= 10240, so it does nothing to CUDA decoding.
+
+    It also turns off inductor's `size_asserts`: the graph's wrapper checks the size and stride of
+    every input (each parameter too) on every call, 50-100 Python-level checks per step here. Dynamo's
+    guards check the same when `decoding_step` calls the graph first in a loop, and inside the loop the
+    inputs are the step's own outputs and cache, whose layout cannot change. Options this torch's
+    inductor lacks are left out."""
     from torch._inductor import config as inductor_config
+    options = {'size_asserts': False} if hasattr(inductor_config, 'size_asserts') else {}
     if not hasattr(inductor_config, 'post_grad_fusion_options'):
-        return {}
+        return options
     mm = {'cpu_max_first_dimension_decomposition': DECODE_MM_ROWS}
     # torch reads the pass's thresholds from these options once, when its first compilation imports the
     # pass; in a process that compiled something before, set the pass's own copy as well. Only graphs
@@ -97,7 +103,7 @@ def decode_compile_options() -> dict:
             mm_pass.cpu_max_first_dimension_decomposition = DECODE_MM_ROWS
     except ImportError:  # an older torch: the options alone
         pass
-    return {'post_grad_fusion_options': {**inductor_config.post_grad_fusion_options, 'decompose_mm_pass': mm}}
+    return {**options, 'post_grad_fusion_options': {**inductor_config.post_grad_fusion_options, 'decompose_mm_pass': mm}}
 
 
 def compile_for_decoding(fn, cuda_graphs: bool = False):
