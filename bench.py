@@ -11,7 +11,8 @@ the weights.
 Every figure is set beside `Reference`, a plain GPT-2-style model written here in the manner of
 nanoGPT (LayerNorm, GELU MLP of width 4d, learned positions, biases, SDPA, tied head) with the
 baseline's layers, width and heads, so about its parameter count: a yardstick for the backbone's
-implementation, not a model of calm-min.
+implementation, not a model of calm-min. On CPU the process keeps the memory it frees
+(`device.keep_freed_memory`), as train.py does, so no model pays page faults for memory glibc gave back.
 
 generation: tokens/s at batch --gen_batch for the reference without a KV cache (the nanoGPT loop),
   the baseline and CALM with the cache, eager and with the compiled static-shape decoding step
@@ -61,8 +62,8 @@ import torch.nn.functional as F
 
 from calm_min.backbone import cache_length
 from calm_min.config import ConfigError, TrainConfig, help_text, parse_args
-from calm_min.device import (autocast, compile_for_decoding, decode_cache_dtype, pick_device, resolve_dtype,
-                             use_compile)
+from calm_min.device import (autocast, compile_for_decoding, decode_cache_dtype, keep_freed_memory, pick_device,
+                             resolve_dtype, use_compile)
 from calm_min.energy_head import energy_loss
 from train import build_model, make_optimizer
 
@@ -531,7 +532,8 @@ def main(bench: BenchConfig, cfg: TrainConfig, argv=()) -> dict:
         return r
     torch.manual_seed(0)
     threads = torch.get_num_threads()
-    report = {'device': str(device), 'threads': threads, 'torch': torch.__version__,
+    kept = keep_freed_memory() if device.type == 'cpu' else False   # as train.py runs on CPU
+    report = {'device': str(device), 'threads': threads, 'torch': torch.__version__, 'keeps_freed_memory': kept,
               'sizes': {k: getattr(cfg, k) for k in ('vocab_size', 'n_layer', 'n_embd', 'chunk_size', 'latent_size',
                                                       'ae_dim', 'head_blocks', 'block_size', 'batch_size')}}
     gpt, calm, ref = models(cfg, device)

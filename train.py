@@ -34,7 +34,7 @@ from calm_min.checkpoint import (CheckpointError, load_autoencoder, load_checkpo
                                  state_hash)
 from calm_min.config import ConfigError, TrainConfig, run_cli
 from calm_min.data import ChunkIndex, DataError, eval_blocks, lm_batch, load_corpus
-from calm_min.device import autocast, peak_bf16_flops, pick_device, use_compile
+from calm_min.device import autocast, keep_freed_memory, peak_bf16_flops, pick_device, use_compile
 from calm_min.gpt import GPT
 
 class TrainingDiverged(RuntimeError):
@@ -145,6 +145,8 @@ def setup_distributed(cfg: TrainConfig) -> Dist:
 def main(cfg: TrainConfig) -> dict:
     """Train as cfg says; return the last stage's {'losses': [...per iteration], 'evals': [...], 'ckpt': path}."""
     dist = setup_distributed(cfg)
+    if dist.device.type == 'cpu':
+        keep_freed_memory()                                  # no page faults from memory freed between steps
     # the data: rank 0 tokenizes and prepares it first, the others then read it
     if not dist.master:
         dist.barrier()
