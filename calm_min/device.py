@@ -78,7 +78,7 @@ def keep_freed_memory() -> bool:
     threshold and its mmap threshold set to 1 GiB, the same as MALLOC_TRIM_THRESHOLD_ and
     MALLOC_MMAP_THRESHOLD_ in the environment. A CPU training step frees its activations and allocates
     them again in the next step; by default glibc returns part of that memory after each step, and the
-    next step faults the pages in afresh (15-45 thousand minor page faults per step at the tiny sizes,
+    next step faults the pages in afresh (15-35 thousand minor page faults per step at the tiny sizes,
     README, *Throughput*). The process then keeps its peak memory, which a training run reaches every
     step anyway. train.py and bench.py call this on CPU; the library itself never does. Returns
     whether it took effect (False off glibc, e.g. on macOS)."""
