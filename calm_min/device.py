@@ -104,7 +104,7 @@ def decode_compile_options() -> dict:
     on CUDA for M >= 10240, so it does nothing to CUDA decoding.
 
     It also turns off inductor's `size_asserts`: the graph's wrapper checks the size and stride of
-    every input (each parameter too) on every call, 50-100 Python-level checks per step here. Dynamo's
+    every input (each parameter too) on every call, 40-100 Python-level checks per step here. Dynamo's
     guards check the same when `decoding_step` calls the graph first in a loop, and inside the loop the
     inputs are the step's own outputs and cache, whose layout cannot change. Options this torch's
     inductor lacks are left out."""

@@ -136,6 +136,7 @@ def test_keep_freed_memory_stops_the_page_faults_of_reallocation():
     """Under glibc's defaults a freed 64 MiB tensor allocated again faults every page in afresh; after
     `device.keep_freed_memory()` (what train.py and bench.py call on CPU) the pages are reused. In a
     subprocess: the setting is process-wide."""
+    pytest.importorskip('resource')                          # page-fault counts: POSIX only
     code = (
         "import resource, torch\n"
         "from calm_min.device import keep_freed_memory\n"
