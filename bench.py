@@ -532,8 +532,8 @@ def main(bench: BenchConfig, cfg: TrainConfig, argv=()) -> dict:
         return r
     torch.manual_seed(0)
     threads = torch.get_num_threads()
-    kept = keep_freed_memory() if device.type == 'cpu' else False   # as train.py runs on CPU
-    report = {'device': str(device), 'threads': threads, 'torch': torch.__version__, 'keeps_freed_memory': kept,
+    report = {'device': str(device), 'threads': threads, 'torch': torch.__version__,
+              'keeps_freed_memory': keep_freed_memory(device),                  # as train.py runs
               'sizes': {k: getattr(cfg, k) for k in ('vocab_size', 'n_layer', 'n_embd', 'chunk_size', 'latent_size',
                                                       'ae_dim', 'head_blocks', 'block_size', 'batch_size')}}
     gpt, calm, ref = models(cfg, device)

@@ -73,15 +73,17 @@ def decode_cache_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if device.type == 'cpu' else dtype
 
 
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep the memory a process frees instead of handing it back to the OS: both its trim
-    threshold and its mmap threshold set to 1 GiB, the same as MALLOC_TRIM_THRESHOLD_ and
+def keep_freed_memory(device: torch.device) -> bool:
+    """On a CPU, ask glibc to keep the memory a process frees instead of handing it back to the OS:
+    its trim threshold and its mmap threshold set to 1 GiB, the same as MALLOC_TRIM_THRESHOLD_ and
     MALLOC_MMAP_THRESHOLD_ in the environment. A CPU training step frees its activations and allocates
     them again in the next step; by default glibc returns part of that memory after each step, and the
     next step faults the pages in afresh (15-35 thousand minor page faults per step at the tiny sizes,
     README, *Throughput*). The process then keeps its peak memory, which a training run reaches every
-    step anyway. train.py and bench.py call this on CPU; the library itself never does. Returns
-    whether it took effect (False off glibc, e.g. on macOS)."""
+    step anyway. train.py and bench.py call this; the library itself never does. Returns whether it
+    took effect (False for a GPU device, whose host allocations are small, and off glibc, e.g. on macOS)."""
+    if device.type != 'cpu':
+        return False
     import ctypes
     import ctypes.util
     try:

@@ -134,7 +134,7 @@ def test_mfu_is_logged_against_the_device_peak(train_cfg, monkeypatch):
 
 def test_keep_freed_memory_stops_the_page_faults_of_reallocation():
     """Under glibc's defaults a freed 64 MiB tensor allocated again faults every page in afresh; after
-    `device.keep_freed_memory()` (what train.py and bench.py call on CPU) the pages are reused. In a
+    `device.keep_freed_memory` (what train.py and bench.py call on CPU) the pages are reused. In a
     subprocess: the setting is process-wide."""
     pytest.importorskip('resource')                          # page-fault counts: POSIX only
     code = (
@@ -147,7 +147,7 @@ def test_keep_freed_memory_stops_the_page_faults_of_reallocation():
         "        x = torch.ones(16 * 2**20); del x\n"
         "        n.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)\n"
         "    return min(n[1:])\n"
-        "before = faults(); kept = keep_freed_memory(); after = faults()\n"
+        "before = faults(); kept = keep_freed_memory(torch.device('cpu')); after = faults()\n"
         "print(kept, before, after)\n")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
