@@ -90,8 +90,16 @@ class Autoencoder(nn.Module):
         """z (..., l) -> logits (..., K, V)."""
         h = self.dec_chunk(self.dec_in(z))                                   # (..., d)
         h = self.dec_expand(h).unflatten(-1, (self.cfg.chunk_size, self.cfg.dim))  # (..., K, d)
-        h = self.dec_norm(self.dec_tok(h))                                   # (..., K, d)
-        return h @ self.emb.weight.T                                         # (..., K, V)
+        if torch.compiler.is_compiling() and h.device.type == 'cpu' and h.shape[:-2].numel() == 1:
+            # the compiled decoding step on CPU, one chunk: K one-row products, which inductor fuses
+            # into one pass over each weight matrix for all K rows. It splits one K-row product between
+            # the threads by rows, so that each thread reads the whole matrix (README, *Throughput*).
+            return torch.stack([self._token_logits(t) for t in h.unbind(-2)], -2)  # (1, K, V)
+        return self._token_logits(h)                                         # (..., K, V)
+
+    def _token_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The decoder's token stage: (..., d) per token -> logits (..., V)."""
+        return self.dec_norm(self.dec_tok(h)) @ self.emb.weight.T            # (..., V)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z (..., l) -> tokens (..., K), argmax per position."""
