@@ -39,6 +39,8 @@ profile:    torch.profiler (--profile=training, decoding or both): --train_steps
   batch --gen_batch). For each, the top-5 ops by self CPU time (CUDA time on a GPU) and the self CPU
   time per step by class: BLAS matrix products (and their calls per step), attention, inductor's
   compiled kernels, dynamo's guard check before each compiled call ('TorchDynamo Cache Lookup'), other.
+  On CPU the compiled step's wrapper is C++ and calls attention itself, unseen by the profiler, so
+  there attention counts with the compiled kernels.
 flops:      analytic FLOPs per token, inference and training, by part (calm_min/flops.py).
 memory:     peak memory of energy_loss (forward + backward) at N samples, M targets, P positions,
   against a naive version that materialises the (N, M, P, l) difference tensor. On CPU each
@@ -163,7 +165,9 @@ class Reference(nn.Module):
 
 
 def models(cfg, device):
-    """A baseline, a CALM (the AE built in place) and the reference with the preset's sizes (random weights)."""
+    """A baseline, a CALM (the AE built in place) and the reference with the preset's sizes (random
+    weights, the same in every run: seed 0)."""
+    torch.manual_seed(0)
     gpt = build_model(dataclasses.replace(cfg, model='gpt'), cfg.vocab_size, 0)
     ae = build_model(dataclasses.replace(cfg, model='ae'), cfg.vocab_size, 0)
     calm = build_model(dataclasses.replace(cfg, model='calm'), cfg.vocab_size, 0, ae=ae)
@@ -286,7 +290,7 @@ def compiled_parts_apart(calm, B: int, device, rounds: int) -> dict:
     alone and over and over, a part keeps its weights in the CPU's caches; the whole step reads all
     of CALM's weights once per call. 'parts_sum' > 'step' would mean compiling as one graph costs
     time; 'step' > 'parts_sum' means the step pays for reading weights that no longer fit in cache."""
-    comp = compile_for_decoding
+    comp = lambda fn: compile_for_decoding(fn, device=device)
     dtype = calm.tok_emb.weight.dtype
     cache = calm.backbone.make_cache(B, cache_length(65), device, decode_cache_dtype(device, dtype), static=True)
     chunk = torch.zeros(B, calm.chunk_size, dtype=torch.long, device=device)                 # (B, K)

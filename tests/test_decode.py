@@ -1,6 +1,7 @@
 """Overhead-free generation: the decoding step, eager (growing cache) and compiled (torch.compile over a
 StaticKVCache), gives the tokens of the no-cache reference for a fixed generator."""
 import copy
+import re
 
 import pytest
 import torch
@@ -91,22 +92,24 @@ def test_compiled_generation_compiles_the_step_once(compiler):
 
 
 def test_compiled_step_calls_no_blas_at_batch_1(compiler):
-    """At batch 1 the compiled step's matrix products (M = 1 in the backbone and head, M = K = 4 in the
-    AE decoder) are written by inductor (`device.decode_compile_options`), none is a BLAS call: the
-    profiler sees no aten::mm in the compiled generation of either model (one-chunk / one-token
-    prompt, so no eager prefill). This holds even though other tests compiled before in this process."""
-    from torch.profiler import ProfilerActivity, profile
+    """At batch 1 the compiled step's matrix products (M = 1 in the backbone, head and, one token at a
+    time, the AE decoder) are written by inductor (`device.decode_compile_options`), none is a BLAS
+    call: the code inductor generates for either model's step (its Python or, on CPU, C++ wrapper)
+    calls no extern matrix product. A one-chunk / one-token prompt, so no eager prefill. This holds
+    even though other tests compiled before in this process."""
+    from torch._inductor.utils import run_and_get_code
     decompose_mem_bound_mm = pytest.importorskip('torch._inductor.fx_passes.decompose_mem_bound_mm')
     if not hasattr(decompose_mem_bound_mm, 'cpu_max_first_dimension_decomposition'):
         pytest.skip("this torch's inductor has no CPU threshold for its memory-bound-mm pass")
+    blas = re.compile(r'extern_kernels\.(?:mm|addmm|bmm|baddbmm)\(|aoti_torch_cpu_(?:mm|addmm|bmm|baddbmm)_out')
+    probe = torch.compile(lambda x, w: x @ w, options={'cpp_wrapper': False})   # the pattern matches a BLAS call
+    assert blas.search(run_and_get_code(probe, torch.randn(64, 32), torch.randn(32, 16))[1][0])
     gpt, calm = models()
     for model, prompt in ((gpt, torch.randint(50, (1, 1))), (calm, torch.randint(50, (1, 4)))):
-        model.generate(prompt, 8, generator=torch.Generator().manual_seed(0), compile=True)   # compiles
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            model.generate(prompt, 8, generator=torch.Generator().manual_seed(0), compile=True)
-        names = {e.key for e in prof.key_averages()}
-        assert any(n.startswith('## Call CompiledFxGraph') for n in names), model.kind
-        assert not names & {'aten::mm', 'aten::addmm', 'aten::bmm'}, (model.kind, names & {'aten::mm', 'aten::addmm'})
+        _, code = run_and_get_code(lambda: model.generate(prompt, 8, generator=torch.Generator().manual_seed(0),
+                                                          compile=True))
+        assert code, model.kind                               # the step was compiled and its code seen
+        assert not any(blas.search(c) for c in code), (model.kind, [blas.findall(c) for c in code])
 
 
 def test_cudagraphs_mode_gives_the_eager_tokens(compiler):
