@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbone import RMSNorm, ResidualSwiGLU, init_weights
+from .device import DECODE_MM_MAX_SIDE
 
 
 @dataclass
@@ -90,12 +91,19 @@ class Autoencoder(nn.Module):
         """z (..., l) -> logits (..., K, V)."""
         h = self.dec_chunk(self.dec_in(z))                                   # (..., d)
         h = self.dec_expand(h).unflatten(-1, (self.cfg.chunk_size, self.cfg.dim))  # (..., K, d)
-        if torch.compiler.is_compiling() and h.device.type == 'cpu' and h.shape[:-2].numel() == 1:
-            # the compiled decoding step on CPU, one chunk: K one-row products, which inductor fuses
-            # into one pass over each weight matrix for all K rows. It splits one K-row product between
-            # the threads by rows, so that each thread reads the whole matrix (README, *Throughput*).
+        if self._one_token_at_a_time(h):
             return torch.stack([self._token_logits(t) for t in h.unbind(-2)], -2)  # (1, K, V)
         return self._token_logits(h)                                         # (..., K, V)
+
+    def _one_token_at_a_time(self, h: torch.Tensor) -> bool:
+        """True in the compiled decoding step on CPU for one chunk when inductor writes the token
+        stage's products itself (every side <= DECODE_MM_MAX_SIDE): it splits one K-row product between
+        the threads by rows, each thread reading the whole weight matrix, but fuses K one-row products
+        into one pass over each weight for all K rows (README, *Throughput*). BLAS products stay one
+        K-row call: K one-row calls would read the weights K times."""
+        sides = (self.cfg.dim, 2 * self.cfg.hidden, self.cfg.vocab_size)
+        return (torch.compiler.is_compiling() and h.device.type == 'cpu' and h.shape[:-2].numel() == 1
+                and max(sides) <= DECODE_MM_MAX_SIDE)
 
     def _token_logits(self, h: torch.Tensor) -> torch.Tensor:
         """The decoder's token stage: (..., d) per token -> logits (..., V)."""

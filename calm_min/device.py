@@ -95,12 +95,13 @@ def keep_freed_memory(device: torch.device) -> bool:
 
 
 DECODE_MM_ROWS = 4  # products with up to this many rows are written by inductor (the AE decoder's K = 4 rows)
+DECODE_MM_MAX_SIDE = 2048  # ... and with both sides of the weight up to this (torch's default on CPU)
 
 
 def decode_compile_options(device: torch.device | None = None) -> dict:
     """Inductor options for the decoding step. At batch 1 every backbone product is a matrix-vector
     product (M = 1) and the AE decoder's are M = K = 4 row products. Inductor's memory-bound-mm pass
-    writes such products (on CPU: M <= DECODE_MM_ROWS, other sides <= 2048) as its own fused, vectorised
+    writes such products (on CPU: M <= DECODE_MM_ROWS, other sides <= DECODE_MM_MAX_SIDE) as its own fused, vectorised
     reductions instead of calling the BLAS once per product, which here costs more than the arithmetic
     (README, *Throughput*: the largest gain of the compiled step on 2 CPU cores). The pass only fires
     on CUDA for M >= 10240, so it does nothing to CUDA decoding.
@@ -110,8 +111,8 @@ def decode_compile_options(device: torch.device | None = None) -> dict:
     guards check the same when `decoding_step` calls the graph first in a loop, and inside the loop the
     inputs are the step's own outputs and cache, whose layout cannot change.
 
-    On CPU the wrapper itself is C++ (`cpp_wrapper`): the step's buffers are allocated and its
-    kernels called without going through Python, 5-7% more tokens/s at the same compile time
+    On CPU (`device`) the wrapper itself is C++ (`cpp_wrapper`): the step's buffers are allocated and
+    its kernels called without going through Python, 1-14% more tokens/s at the same compile time
     (README, *Throughput*). On CUDA it is left off, not yet measured there. Options this torch's
     inductor lacks are left out."""
     from torch._inductor import config as inductor_config
@@ -120,7 +121,8 @@ def decode_compile_options(device: torch.device | None = None) -> dict:
         options['cpp_wrapper'] = True
     if not hasattr(inductor_config, 'post_grad_fusion_options'):
         return options
-    mm = {'cpu_max_first_dimension_decomposition': DECODE_MM_ROWS}
+    mm = {'cpu_max_first_dimension_decomposition': DECODE_MM_ROWS,
+          'cpu_max_other_dimension_decomposition': DECODE_MM_MAX_SIDE}
     # torch reads the pass's thresholds from these options once, when its first compilation imports the
     # pass; in a process that compiled something before, set the pass's own copy as well. Only graphs
     # compiled with the pass turned on (these options) read it.
@@ -128,6 +130,7 @@ def decode_compile_options(device: torch.device | None = None) -> dict:
         from torch._inductor.fx_passes import decompose_mem_bound_mm as mm_pass
         if hasattr(mm_pass, 'cpu_max_first_dimension_decomposition'):
             mm_pass.cpu_max_first_dimension_decomposition = DECODE_MM_ROWS
+            mm_pass.cpu_max_other_dimension_decomposition = DECODE_MM_MAX_SIDE
     except ImportError:  # an older torch: the options alone
         pass
     return {**options, 'post_grad_fusion_options': {**inductor_config.post_grad_fusion_options, 'decompose_mm_pass': mm}}
