@@ -100,11 +100,13 @@ DECODE_MM_MAX_SIDE = 2048  # ... and with both sides of the weight up to this (t
 
 def decode_compile_options(device: torch.device | None = None) -> dict:
     """Inductor options for the decoding step. At batch 1 every backbone product is a matrix-vector
-    product (M = 1) and the AE decoder's are M = K = 4 row products. Inductor's memory-bound-mm pass
-    writes such products (on CPU: M <= DECODE_MM_ROWS, other sides <= DECODE_MM_MAX_SIDE) as its own fused, vectorised
-    reductions instead of calling the BLAS once per product, which here costs more than the arithmetic
-    (README, *Throughput*: the largest gain of the compiled step on 2 CPU cores). The pass only fires
-    on CUDA for M >= 10240, so it does nothing to CUDA decoding.
+    product (M = 1) and the AE decoder's token stage has M = K = 4 rows (split into K one-row
+    products where all of them pass the sides check below: `Autoencoder.decode_logits`). Inductor's
+    memory-bound-mm pass writes such products (on CPU: M <= DECODE_MM_ROWS, other sides <=
+    DECODE_MM_MAX_SIDE) as its own fused, vectorised reductions instead of calling the BLAS once per
+    product, which here costs more than the arithmetic (README, *Throughput*: the largest gain of the
+    compiled step on 2 CPU cores). The pass only fires on CUDA for M >= 10240, so it does nothing to
+    CUDA decoding.
 
     It also turns off inductor's `size_asserts`: the graph's wrapper checks the size and stride of
     every input (each parameter too) on every call, 40-100 Python-level checks per step here. Dynamo's
