@@ -102,8 +102,9 @@ def test_compiled_step_calls_no_blas_at_batch_1(compiler):
     if not hasattr(decompose_mem_bound_mm, 'cpu_max_first_dimension_decomposition'):
         pytest.skip("this torch's inductor has no CPU threshold for its memory-bound-mm pass")
     blas = re.compile(r'extern_kernels\.(?:mm|addmm|bmm|baddbmm)\(|aoti_torch_cpu_(?:mm|addmm|bmm|baddbmm)_out')
-    probe = torch.compile(lambda x, w: x @ w, options={'cpp_wrapper': False})   # the pattern matches a BLAS call
-    assert blas.search(run_and_get_code(probe, torch.randn(64, 32), torch.randn(32, 16))[1][0])
+    for cpp in (False, True):            # the pattern matches a BLAS call in either wrapper's code
+        probe = torch.compile(lambda x, w: x @ w, options={'cpp_wrapper': cpp})
+        assert blas.search(run_and_get_code(probe, torch.randn(64, 32), torch.randn(32, 16))[1][0]), cpp
     gpt, calm = models()
     for model, prompt in ((gpt, torch.randint(50, (1, 1))), (calm, torch.randint(50, (1, 4)))):
         _, code = run_and_get_code(lambda: model.generate(prompt, 8, generator=torch.Generator().manual_seed(0),
