@@ -534,7 +534,6 @@ def main(bench: BenchConfig, cfg: TrainConfig, argv=()) -> dict:
         r = {'peak_mib': memory_variant(bench, cfg, device, bench.mem_variant)}
         print(json.dumps(r))
         return r
-    torch.manual_seed(0)
     threads = torch.get_num_threads()
     report = {'device': str(device), 'threads': threads, 'torch': torch.__version__,
               'keeps_freed_memory': keep_freed_memory(device),                  # as train.py runs

@@ -94,7 +94,7 @@ def keep_freed_memory(device: torch.device) -> bool:
     return bool(mallopt(M_TRIM_THRESHOLD, 1 << 30)) and bool(mallopt(M_MMAP_THRESHOLD, 1 << 30))
 
 
-DECODE_MM_ROWS = 4  # products with up to this many rows are written by inductor (the AE decoder's K = 4 rows)
+DECODE_MM_ROWS = 4  # products with up to this many rows are written by inductor (K = 4: the AE decoder's rows, where not split)
 DECODE_MM_MAX_SIDE = 2048  # ... and with both sides of the weight up to this (torch's default on CPU)
 
 
