@@ -99,7 +99,7 @@ class Autoencoder(nn.Module):
         """True in the compiled decoding step on CPU for one chunk when inductor writes the token
         stage's products itself (every side <= DECODE_MM_MAX_SIDE): it splits one K-row product between
         the threads by rows, each thread reading the whole weight matrix, but fuses K one-row products
-        into one pass over each weight for all K rows (README, *Throughput*). BLAS products stay one
+        into one pass over each weight for all K rows (docs/throughput.md). BLAS products stay one
         K-row call: K one-row calls would read the weights K times."""
         sides = (self.cfg.dim, 2 * self.cfg.hidden, self.cfg.vocab_size)
         return (torch.compiler.is_compiling() and h.device.type == 'cpu' and h.shape[:-2].numel() == 1

@@ -68,7 +68,7 @@ def autocast(device: torch.device, dtype: str = 'auto'):
 def decode_cache_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     """The KV cache's dtype for generation with weights in `dtype`. On CPU always float32: there,
     attention with one bf16 query over a bf16 cache ran 2-4x slower than in float32 (the tiny models,
-    2 cores; README, *Throughput*), while the cache is small beside the weights. Elsewhere the weights'
+    2 cores; docs/throughput.md), while the cache is small beside the weights. Elsewhere the weights'
     dtype (bf16 FlashAttention on CUDA)."""
     return torch.float32 if device.type == 'cpu' else dtype
 
@@ -79,7 +79,7 @@ def keep_freed_memory(device: torch.device) -> bool:
     MALLOC_MMAP_THRESHOLD_ in the environment. A CPU training step frees its activations and allocates
     them again in the next step; by default glibc returns part of that memory after each step, and the
     next step faults the pages in afresh (15-35 thousand minor page faults per step at the tiny sizes,
-    README, *Throughput*). The process then keeps its peak memory, which a training run reaches every
+    docs/throughput.md). The process then keeps its peak memory, which a training run reaches every
     step anyway. train.py and bench.py call this; the library itself never does. Returns whether it
     took effect (False for a GPU device, whose host allocations are small, and off glibc, e.g. on macOS)."""
     if device.type != 'cpu':
@@ -104,7 +104,7 @@ def decode_compile_options(device: torch.device | None = None) -> dict:
     products where all of them pass the sides check below: `Autoencoder.decode_logits`). Inductor's
     memory-bound-mm pass writes such products (on CPU: M <= DECODE_MM_ROWS, other sides <=
     DECODE_MM_MAX_SIDE) as its own fused, vectorised reductions instead of calling the BLAS once per
-    product, which here costs more than the arithmetic (README, *Throughput*: the largest gain of the
+    product, which here costs more than the arithmetic (docs/throughput.md: the largest gain of the
     compiled step on 2 CPU cores). The pass only fires on CUDA for M >= 10240, so it does nothing to
     CUDA decoding.
 
@@ -115,7 +115,7 @@ def decode_compile_options(device: torch.device | None = None) -> dict:
 
     On CPU (`device`) the wrapper itself is C++ (`cpp_wrapper`): the step's buffers are allocated and
     its kernels called without going through Python, 1-14% more tokens/s at the same compile time
-    (README, *Throughput*). On CUDA it is left off, not yet measured there. Options this torch's
+    (docs/throughput.md). On CUDA it is left off, not yet measured there. Options this torch's
     inductor lacks are left out."""
     from torch._inductor import config as inductor_config
     options = {'size_asserts': False} if hasattr(inductor_config, 'size_asserts') else {}
@@ -180,7 +180,7 @@ def decoding_step(model, compile: bool | str, cache=None):
     compile='cudagraphs': the compiled graph replayed as a CUDA graph (on CUDA; elsewhere the same as
     True). The static `cache` is marked as living at fixed addresses, so the graph writes it in place,
     and each step's output is copied out, since the next replay reuses its memory. Not yet measured
-    on a GPU (README, *Throughput*); a new cache per `generate` call makes the graph record again."""
+    on a GPU (docs/throughput.md); a new cache per `generate` call makes the graph record again."""
     if compile not in COMPILE_CHOICES:
         raise ValueError(f"compile must be False, True or 'cudagraphs'; got {compile!r}")
     if not compile:
