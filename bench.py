@@ -78,12 +78,12 @@ class BenchConfig:
     gen_tokens: int = 256          # new tokens per sequence
     gen_compile: bool = True       # also time the compiled decoding step
     gen_cudagraphs: str = 'auto'   # also time that step replayed as a CUDA graph: auto (on CUDA), true, false
-    train_steps: int = 10
+    train_steps: int = 10          # training: timed steps per round (profile: steps profiled)
     train_dtypes: str = ''         # training: comma-separated float32 / bfloat16 ('' = the preset's --dtype)
     train_compile: str = 'auto'    # training: auto (as train.py), true, false, both
     positions: int = 4096          # memory: P positions (e.g. 16 sequences x 256 chunk positions)
     mem_variant: str = ''          # internal: run one memory variant in this process
-    repeats: int = 3
+    repeats: int = 3               # rounds per variant (the variants alternate; the best is kept)
     profile: str = 'both'          # profile: training (float32 eager), decoding (compiled), both
 
     def validate(self):

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
+import io
 from dataclasses import dataclass, fields
 from pathlib import Path
 import math
 import sys
+import textwrap
+import tokenize
 from typing import get_type_hints
 
 from .autoencoder import AEConfig
@@ -131,12 +135,57 @@ def load_preset(path: str, cls) -> dict:
     return out
 
 
+def _field_comments(cls) -> tuple[dict, dict]:
+    """The comments of a config class's source, which document its fields: {field: its end-of-line
+    comment} and {field: the comment lines just above it (a group heading)}. Empty where the source
+    cannot be read (e.g. a frozen build)."""
+    try:
+        src = textwrap.dedent(inspect.getsource(cls))
+        toks = list(tokenize.generate_tokens(io.StringIO(src).readline))
+    except (OSError, TypeError, tokenize.TokenError):
+        return {}, {}
+    names = {f.name for f in fields(cls)}
+    first = {}                                   # line -> its first token (a field's name)
+    comment = {}                                 # line -> (column, text) of its comment
+    for t in toks:
+        if t.type == tokenize.COMMENT:
+            comment[t.start[0]] = (t.start[1], t.string.lstrip('#').strip())
+        elif t.type not in (tokenize.INDENT, tokenize.DEDENT, tokenize.NL, tokenize.NEWLINE):
+            first.setdefault(t.start[0], t)
+    trailing, above, pending, last = {}, {}, [], None
+    for line in sorted(set(first) | set(comment)):
+        t = first.get(line)
+        if t is None:                            # a comment on its own line: it continues the field
+            col, text = comment[line]            # above's comment when indented as far, else a heading
+            if last and line - 1 == last[1] and col == last[2]:
+                trailing[last[0]] += ' ' + text
+                last = (last[0], line, col)
+            else:
+                pending.append(text)
+                last = None
+        elif t.type == tokenize.NAME and t.string in names:
+            last = None
+            if line in comment:
+                trailing[t.string] = comment[line][1]
+                last = (t.string, line, comment[line][0])
+            if pending:
+                above[t.string] = pending
+            pending = []
+        else:
+            pending, last = [], None
+    return trailing, above
+
+
 def help_text(cls) -> str:
+    """Every option with its default, under the class's group headings and with its comment."""
     lines = [f"options of {cls.__name__} (--key=value; preset files first, then flags, whatever their order).",
              "A preset (config/*.py) is Python code, run as nanoGPT runs its configs: run only presets you trust."]
+    trailing, above = _field_comments(cls)
     for f in fields(cls):
+        lines += [f"  # {c}" for c in above.get(f.name, [])]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        lines.append(f"  --{f.name}={default!r}")
+        flag = f"  --{f.name}={default!r}"
+        lines.append(f"{flag:<34} {trailing[f.name]}" if f.name in trailing else flag)
     return '\n'.join(lines)
 
 
@@ -178,7 +227,7 @@ class TrainConfig:
     resume: bool = False               # continue {out_dir}/{model}.pt exactly where it stopped
     overwrite: bool = False            # allow replacing an existing checkpoint with a new run
     keep_checkpoints: bool = False     # also keep {out_dir}/{model}_{step}.pt at every evaluation
-    seed: int = 1337
+    seed: int = 1337                   # initialisation, batches and the model's noise
     device: str = 'auto'               # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
     dtype: str = 'auto'                # auto (bf16 autocast on CUDA and on CPUs with hardware bf16), float32, bfloat16
     compile: str = 'auto'              # auto (on for CUDA, off on CPU), true, false
@@ -189,53 +238,53 @@ class TrainConfig:
     data_dir: str = 'data_cache'       # where prepared .bin files go
     block_size: int = 256              # context in tokens (CALM: block_size // chunk_size positions)
     # backbone (shared by gpt and calm)
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 256
+    n_layer: int = 4                   # Transformer layers
+    n_head: int = 4                    # attention heads (n_embd / n_head: even)
+    n_embd: int = 256                  # width d
     ffn_hidden: int = 0                # 0: about 8/3 n_embd, rounded to 64 (Llama)
-    rope_theta: float = 10000.0
+    rope_theta: float = 10000.0        # RoPE's base
     # autoencoder (stage 1; docs/method.md section 2)
     chunk_size: int = 4                # K
     latent_size: int = 128             # l
-    ae_dim: int = 512
-    ae_hidden: int = 1280
+    ae_dim: int = 512                  # the autoencoder's width d_ae
+    ae_hidden: int = 1280              # SwiGLU width of its residual blocks
     ae_blocks: int = 1                 # residual blocks per stage
-    token_dropout: float = 0.15
-    latent_dropout: float = 0.15
+    token_dropout: float = 0.15        # share of input tokens replaced by end-of-text in AE training
+    latent_dropout: float = 0.15       # dropout on z in AE training
     kl_clip: float = 0.5               # per-dimension KL floor; 0 turns clipping off
-    kl_beta: float = 0.001
+    kl_beta: float = 0.001             # weight of the clipped KL
     ae_ckpt: str = ''                  # calm: the frozen AE ('' = {out_dir}/ae.pt, trained first if missing)
     ae_max_iters: int = 2000           # used when --model=ae, or when calm trains its missing AE
     ae_batch_size: int = 512           # chunks per step
-    ae_lr: float = 1e-3
+    ae_lr: float = 1e-3                # the AE stage's peak learning rate
     # energy head and loss (stage 2; docs/method.md section 4)
-    head_blocks: int = 4
-    noise_size: int = 64
+    head_blocks: int = 4               # residual blocks of the energy head
+    noise_size: int = 64               # size of the head's uniform noise
     n_samples: int = 8                 # N model samples per position
     n_targets: int = 100               # M posterior draws per position
-    alpha: float = 1.0
+    alpha: float = 1.0                 # the energy score's exponent, in (0, 2]
     # extension beyond the paper (README, "Making CALM learn at small scale"); the default is the paper's
     aux_ce: float = 0.0                # weight of an auxiliary next-chunk token cross-entropy on h; 0: off
     # optimisation
     batch_size: int = 16               # sequences per micro-step
-    grad_accum: int = 1
-    max_iters: int = 2000
-    lr: float = 3e-4
+    grad_accum: int = 1                # micro-steps per optimizer step
+    max_iters: int = 2000              # optimizer steps (the LM stage for calm)
+    lr: float = 3e-4                   # peak learning rate, after warmup
     min_lr_ratio: float = 0.1          # cosine decays to lr * min_lr_ratio
     lr_schedule: str = 'cosine'        # cosine or constant (after warmup)
-    warmup_iters: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
+    warmup_iters: int = 100            # linear warmup steps
+    weight_decay: float = 0.1          # AdamW's, on matrices only
+    beta1: float = 0.9                 # AdamW's betas
     beta2: float = 0.95
     grad_clip: float = 1.0             # 0 turns clipping off
     skip_nonfinite: int = 0            # steps with a NaN/inf loss or gradient to skip before the run stops
     # logging and evaluation
-    log_interval: int = 25
-    eval_interval: int = 250
-    eval_iters: int = 20
+    log_interval: int = 25             # steps between log lines
+    eval_interval: int = 250           # steps between evaluations, each followed by a checkpoint
+    eval_iters: int = 20               # validation batches per evaluation
     brier_blocks: int = 8              # blocks of validation text for BrierLM at each eval (0: off)
     num_samples: int = 2               # samples printed at the end of training (0: none)
-    sample_tokens: int = 64
+    sample_tokens: int = 64            # new tokens per sample printed at the end
 
     def validate(self):
         _finite(self)
@@ -309,11 +358,11 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    ckpt: str = 'out/calm.pt'
+    ckpt: str = 'out/calm.pt'          # a CALM or baseline checkpoint
     prompt: str = '\n'                 # text, or FILE:path to read the prompt from a file
-    max_new_tokens: int = 128
+    max_new_tokens: int = 128          # per sample (CALM draws whole chunks and cuts the last)
     num_samples: int = 2
-    temperature: float = 1.0
+    temperature: float = 1.0           # > 0; CALM: <= 1, below 1 by the likelihood-free samplers
     top_k: int = 0                     # gpt only; 0: off
     sampler: str = 'batch'             # calm with temperature < 1: 'batch' (Algorithm 2) or 'exact' (Algorithm 1)
     num_candidates: int = 200          # calm 'batch' sampler pool size N
@@ -341,13 +390,13 @@ class SampleConfig:
 
 @dataclass
 class EvalConfig:
-    ckpt: str = 'out/calm.pt'
+    ckpt: str = 'out/calm.pt'          # a CALM, baseline or autoencoder checkpoint
     split: str = 'val'                 # val, test (Moby Dick for the bundled corpus), train
     data: str = ''                     # any text instead of a split: a .txt file, a folder of .txt, a .jsonl
     context: int = 256                 # tokens of context per block (same for CALM and the baseline)
     max_blocks: int = 64               # blocks of `context` tokens evaluated (0: all)
-    batch_size: int = 16
-    seed: int = 1337
+    batch_size: int = 16               # blocks per forward pass
+    seed: int = 1337                   # every random draw: BrierLM's samples, target latents, the AE's z
     bootstrap: int = 1000              # bootstrap resamples for standard errors
     device: str = 'auto'
     out: str = ''                      # also write the JSON here

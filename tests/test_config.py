@@ -1,6 +1,8 @@
+from dataclasses import dataclass
+
 import pytest
 
-from calm_min.config import ConfigError, EvalConfig, SampleConfig, TrainConfig, parse_args
+from calm_min.config import ConfigError, EvalConfig, SampleConfig, TrainConfig, help_text, parse_args
 from conftest import ROOT
 
 
@@ -100,3 +102,34 @@ def test_help_lists_options_and_exits_cleanly(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert '--n_layer=4' in out and '--ae_ckpt' in out
+    lines = out.splitlines()
+    n_samples = next(l for l in lines if l.lstrip().startswith('--n_samples='))
+    assert n_samples.split()[1:] == 'N model samples per position'.split()   # the field's own comment
+    assert '  # energy head and loss (stage 2; docs/method.md section 4)' in lines   # its group heading
+
+
+@dataclass
+class _Documented:
+    # first group
+    a: int = 1                   # the first option
+    b: str = '# not a comment'   # a hash inside the default; this comment
+                                 # goes on here
+    # second group
+    # in two lines
+    c: float = 0.5
+    d: bool = False  # a comment at another column
+
+    def validate(self):          # a method's comment is no option's
+        pass
+
+
+def test_help_shows_each_options_comment_and_group_headings():
+    assert help_text(_Documented).splitlines()[2:] == [
+        '  # first group',
+        "  --a=1                            the first option",
+        "  --b='# not a comment'            a hash inside the default; this comment goes on here",
+        '  # second group',
+        '  # in two lines',
+        '  --c=0.5',
+        '  --d=False                        a comment at another column',
+    ]
