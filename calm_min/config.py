@@ -155,9 +155,9 @@ def _field_comments(cls) -> tuple[dict, dict]:
     trailing, above, pending, last = {}, {}, [], None
     for line in sorted(set(first) | set(comment)):
         t = first.get(line)
-        if t is None:                            # a comment on its own line: it continues the field
-            col, text = comment[line]            # above's comment when indented as far, else a heading
-            if last and line - 1 == last[1] and col == last[2]:
+        if t is None:                            # a comment on its own line: it goes on with the comment
+            col, text = comment[line]            # of the line above when it starts in the same column,
+            if last and line - 1 == last[1] and col == last[2]:   # else it heads the next field
                 trailing[last[0]] += ' ' + text
                 last = (last[0], line, col)
             else:
@@ -280,7 +280,7 @@ class TrainConfig:
     skip_nonfinite: int = 0            # steps with a NaN/inf loss or gradient to skip before the run stops
     # logging and evaluation
     log_interval: int = 25             # steps between log lines
-    eval_interval: int = 250           # steps between evaluations, each followed by a checkpoint
+    eval_interval: int = 250           # steps between evaluations and checkpoints
     eval_iters: int = 20               # validation batches per evaluation
     brier_blocks: int = 8              # blocks of validation text for BrierLM at each eval (0: off)
     num_samples: int = 2               # samples printed at the end of training (0: none)
