@@ -22,7 +22,9 @@ sys.path.insert(0, str(ROOT))
 import eval as evaluate  # noqa: E402
 import train  # noqa: E402
 from experiments.plotting import pyplot, save  # noqa: E402
-from calm_min.config import ConfigError, EvalConfig, TrainConfig, parse_args  # noqa: E402
+from calm_min.checkpoint import CheckpointError  # noqa: E402
+from calm_min.config import ConfigError, EvalConfig, TrainConfig, parse_args, run_cli  # noqa: E402
+from calm_min.data import DataError  # noqa: E402
 
 SIZES = {'small': dict(n_layer=2, n_head=2, n_embd=128), 'medium': dict(n_layer=4, n_head=4, n_embd=256)}
 
@@ -37,7 +39,9 @@ class Config:
     max_blocks: int = 96
 
     def validate(self):
-        pass
+        for n in ('max_iters', 'eval_interval', 'context', 'max_blocks'):
+            if getattr(self, n) <= 0:
+                raise ConfigError(f"--{n} must be positive, got {getattr(self, n)}")
 
 
 def pearson(x, y):
@@ -59,8 +63,12 @@ def main(cfg: Config) -> dict:
                                      max_iters=cfg.max_iters, eval_interval=cfg.eval_interval, brier_blocks=0,
                                      num_samples=0, **size)
             train.main(tc)
+    ckpts = sorted(out.glob('*/gpt_*.pt'))
+    if len(ckpts) < 2:
+        raise ConfigError(f"{out} holds {len(ckpts)} checkpoints */gpt_*.pt, and a correlation needs at least 2: "
+                          f"run without --train=false first, or pass the --out_dir that holds them")
     rows = []
-    for ckpt in sorted(out.glob('*/gpt_*.pt')):
+    for ckpt in ckpts:
         ec = EvalConfig(ckpt=str(ckpt), split='val', context=cfg.context, max_blocks=cfg.max_blocks, bootstrap=200)
         r = evaluate.main(ec)['results']
         rows.append({'checkpoint': str(ckpt), 'cross_entropy': r['cross_entropy'], 'brierlm': r['brierlm'],
@@ -90,8 +98,9 @@ def main(cfg: Config) -> dict:
     return summary
 
 
+def cli(argv: list[str]) -> int:
+    return run_cli(main, Config, argv, (ConfigError, CheckpointError, DataError, train.TrainingDiverged, OSError))
+
+
 if __name__ == '__main__':
-    try:
-        main(parse_args(sys.argv[1:], Config))
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+    sys.exit(cli(sys.argv[1:]))

@@ -30,9 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from calm_min.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from calm_min.config import ConfigError, TrainConfig, parse_args  # noqa: E402
-from calm_min.data import load_corpus  # noqa: E402
+from calm_min.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint  # noqa: E402
+from calm_min.config import ConfigError, TrainConfig, parse_args, run_cli  # noqa: E402
+from calm_min.data import DataError, load_corpus  # noqa: E402
 from experiments.plotting import pyplot, save  # noqa: E402
 from train import build_model  # noqa: E402
 
@@ -298,8 +298,9 @@ def plot(runs: list[dict], path: Path):
     save(fig, path)
 
 
+def cli(argv: list[str]) -> int:
+    return run_cli(main, Config, argv, (ConfigError, CheckpointError, DataError, OSError))
+
+
 if __name__ == '__main__':
-    try:
-        main(parse_args(sys.argv[1:], Config))
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+    sys.exit(cli(sys.argv[1:]))

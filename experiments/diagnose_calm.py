@@ -32,7 +32,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from calm_min.checkpoint import CheckpointError, check_tokenizer, load_model  # noqa: E402
-from calm_min.config import ConfigError, parse_args  # noqa: E402
+from calm_min.config import ConfigError, run_cli  # noqa: E402
 from calm_min.data import DataError, eval_blocks, load_corpus  # noqa: E402
 from calm_min.device import pick_device  # noqa: E402
 from eval import print_report  # noqa: E402
@@ -215,8 +215,9 @@ def main(cfg: Config) -> dict:
                          'model': model_rep, 'linear_probe_first_token': probe_all}, cfg.out)
 
 
+def cli(argv: list[str]) -> int:
+    return run_cli(main, Config, argv, (ConfigError, CheckpointError, DataError, OSError))
+
+
 if __name__ == '__main__':
-    try:
-        main(parse_args(sys.argv[1:], Config))
-    except (ConfigError, CheckpointError, DataError) as e:
-        sys.exit(f"error: {e}")
+    sys.exit(cli(sys.argv[1:]))

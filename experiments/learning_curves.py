@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from calm_min.config import ConfigError, parse_args  # noqa: E402
+from calm_min.config import ConfigError, run_cli  # noqa: E402
 from experiments.plotting import pyplot, save  # noqa: E402
 
 
@@ -91,8 +91,9 @@ def main(cfg: Config) -> dict:
     return curves
 
 
+def cli(argv: list[str]) -> int:
+    return run_cli(main, Config, argv, (ConfigError, OSError, ValueError))
+
+
 if __name__ == '__main__':
-    try:
-        main(parse_args(sys.argv[1:], Config))
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+    sys.exit(cli(sys.argv[1:]))

@@ -1,7 +1,8 @@
 """The accuracy/diversity trade-off of temperature sampling at small scale (docs/method.md section 6; the paper's
 comparison of CALM's batch sampler with a Transformer's softmax temperature).
 
-    python experiments/tradeoff.py --calm=out/tiny/calm.pt --gpt=out/tiny/gpt.pt
+    python experiments/tradeoff.py      # the quick start's CALM and the baseline trained as long
+    python experiments/tradeoff.py --calm=out/tiny/calm.pt --gpt=out/tiny/gpt.pt   # config/tiny.py's
 
 At the same validation positions (blocks of --context tokens, the chunk starting at every multiple of
 K = 4 tokens), each setting draws two independent continuations a, b per position and reports
@@ -22,18 +23,18 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from calm_min.checkpoint import load_model  # noqa: E402
+from calm_min.checkpoint import CheckpointError, load_model  # noqa: E402
 from calm_min.device import pick_device  # noqa: E402
 from experiments.plotting import pyplot, save  # noqa: E402
-from calm_min.config import ConfigError, parse_args  # noqa: E402
-from calm_min.data import eval_blocks, load_corpus  # noqa: E402
+from calm_min.config import ConfigError, run_cli  # noqa: E402
+from calm_min.data import DataError, eval_blocks, load_corpus  # noqa: E402
 from calm_min.sampling import Sampler  # noqa: E402
 
 
 @dataclasses.dataclass
 class Config:
-    calm: str = 'out/tiny/calm.pt'
-    gpt: str = 'out/tiny/gpt.pt'
+    calm: str = 'out/tiny_bytes/calm.pt'       # a CALM checkpoint (this: the quick start's)
+    gpt: str = 'out/tiny_bytes_gpt/gpt.pt'     # a baseline on the same tokenizer (the README's command)
     split: str = 'val'
     context: int = 256
     max_blocks: int = 16
@@ -78,7 +79,8 @@ def main(cfg: Config) -> dict:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = {'protocol': f'{cfg.split}, {len(blocks)} blocks of {cfg.context} tokens, chunk starts every 4 tokens',
-              'rows': results}
+              'checkpoints': {'calm': cfg.calm, 'calm_step': ck.get('step'), 'gpt': cfg.gpt, 'gpt_step': gk.get('step')},
+              'seed': cfg.seed, 'rows': results}
     (out / 'results.json').write_text(json.dumps(report, indent=1))
     print('| model | T | N | accuracy (1 token) | collision (1 token) | accuracy (4 tokens) | collision (4 tokens) |')
     print('|---|---|---|---|---|---|---|')
@@ -101,8 +103,9 @@ def main(cfg: Config) -> dict:
     return report
 
 
+def cli(argv: list[str]) -> int:
+    return run_cli(main, Config, argv, (ConfigError, CheckpointError, DataError, OSError))
+
+
 if __name__ == '__main__':
-    try:
-        main(parse_args(sys.argv[1:], Config))
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+    sys.exit(cli(sys.argv[1:]))

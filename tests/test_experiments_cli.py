@@ -1,0 +1,29 @@
+"""Every experiment script answers bad input as train.py, eval.py and sample.py do: one `error: ...`
+line on stderr and exit code 1, never a traceback, before any work (README, "Reliability")."""
+import importlib
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT))
+
+CASES = [   # (module, flags with a missing input, words the message must hold)
+    ('tradeoff', ['--calm={tmp}/missing.pt'], 'not found'),
+    ('diagnose_calm', ['--ckpt={tmp}/missing.pt'], 'not found'),
+    ('brier_vs_ce', ['--train=false', '--out_dir={tmp}'], 'run without --train=false'),
+    ('learning_curves', ['--runs={tmp}'], 'no calm.jsonl or gpt.jsonl'),
+    ('compute_matched', ['--sizes=', '--budgets=', '--also={tmp}/missing.json'], 'not a file'),
+]
+
+
+@pytest.mark.parametrize('name,flags,words', CASES, ids=[c[0] for c in CASES])
+def test_missing_input_gives_one_error_line(name, flags, words, tmp_path, capsys):
+    cli = importlib.import_module(f'experiments.{name}').cli
+    assert cli([f.format(tmp=tmp_path) for f in flags]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: ') and words in err[0], err
+    assert cli(['--no_such_flag=1']) == 1                     # and an unknown flag, with the valid ones
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'unknown option --no_such_flag' in err[0], err

@@ -1,0 +1,45 @@
+"""experiments/tradeoff.py: its accuracy and collision rates against hand-counted answers, and the
+sampler settings it asks each model for."""
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT))
+from experiments.tradeoff import CALM_SETTINGS, rows, scores  # noqa: E402
+
+
+def test_scores_known_answer():
+    """Four positions. First token: a matches y at 3, a matches b at 3. Whole chunk: a = y at 2 (one
+    miss in the middle of a chunk counts), a = b at 2."""
+    y = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4], [5, 6, 7, 8], [5, 6, 7, 8]])
+    a = torch.tensor([[1, 2, 3, 4], [1, 9, 3, 4], [5, 6, 7, 8], [0, 6, 7, 8]])
+    b = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4], [0, 6, 7, 8], [0, 6, 7, 8]])
+    assert scores(a, b, y) == {'acc_1': 0.75, 'collision_1': 0.75, 'acc_4': 0.5, 'collision_4': 0.5}
+
+
+class _Recorder:
+    """A model whose `continuations` returns fixed samples (2, B, P, 4) and records each sampler."""
+
+    def __init__(self, samples, target):
+        self.samples, self.target, self.seen = samples, target, []
+
+    def continuations(self, blocks, sampler, generator=None):
+        self.seen.append((sampler.temperature, sampler.num_candidates))
+        return {'samples': self.samples, 'target': self.target}
+
+
+def test_rows_pair_the_two_draws_per_position_and_pass_each_setting():
+    """Two blocks of two positions: the two draws of a position are compared with each other and with
+    that position's target, never with another position's; each (T, N) reaches the model."""
+    target = torch.tensor([[[1, 1, 1, 1], [2, 2, 2, 2]], [[3, 3, 3, 3], [4, 4, 4, 4]]])   # (B=2, P=2, 4)
+    first = target.clone()                                          # draw 1: always right
+    second = target.flip(1)                                         # draw 2: the other position's chunk
+    model = _Recorder(torch.stack([first, second]), target)
+    out = rows('calm', model, torch.zeros(2, 8), None, CALM_SETTINGS)
+    assert [(r['T'], r['N']) for r in out] == [(round(T, 4), N) for T, N in CALM_SETTINGS]
+    assert model.seen == [(T, N) for T, N in CALM_SETTINGS]
+    for r in out:
+        assert (r['acc_1'], r['collision_1'], r['acc_4'], r['collision_4']) == (1.0, 0.0, 1.0, 0.0)
