@@ -206,9 +206,10 @@ def decoding_step(model, compile: bool | str, cache=None):
         yield step
 
 
-# dense bf16 peak FLOP/s of common accelerators (vendor datasheets, no sparsity), for MFU
+# dense bf16 peak FLOP/s of common accelerators (vendor datasheets, no sparsity), for MFU; the first key
+# found in the device's name wins, so a name that holds another comes before it (L40S, L40, L4)
 PEAK_BF16 = {'H200': 989e12, 'H100 SXM': 989e12, 'H100 NVL': 835e12, 'H100 PCIe': 756e12, 'H100': 989e12,
-             'A100': 312e12, 'L40S': 362e12, 'L4': 121e12, 'A10G': 70e12, 'A10': 125e12}
+             'A100': 312e12, 'L40S': 362e12, 'L40': 181e12, 'L4': 121e12, 'A10G': 70e12, 'A10': 125e12}
 
 
 def peak_bf16_flops(device: torch.device) -> float | None:

@@ -132,6 +132,18 @@ def test_mfu_is_logged_against_the_device_peak(train_cfg, monkeypatch):
     assert rec['mfu'] == pytest.approx(flops_per_step * rec['tok_per_s'] / tokens_per_step / 1e9, rel=1e-6)
 
 
+@pytest.mark.parametrize('name,peak', [('NVIDIA H100 80GB HBM3', 989e12), ('NVIDIA H100 PCIe', 756e12),
+                                       ('NVIDIA H100 NVL', 835e12), ('NVIDIA A100-SXM4-80GB', 312e12),
+                                       ('NVIDIA A10G', 70e12), ('NVIDIA A10', 125e12), ('NVIDIA L40S', 362e12),
+                                       ('NVIDIA L40', 181e12), ('NVIDIA L4', 121e12), ('Tesla T4', None)])
+def test_peak_of_each_gpu_name(name, peak, monkeypatch):
+    """Names that hold another GPU's name (L40S, L40 and L4; H100 PCIe and H100) get their own peak;
+    an unknown GPU gets None (no MFU logged)."""
+    from calm_min.device import peak_bf16_flops
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda *a: name)
+    assert peak_bf16_flops(torch.device('cuda')) == peak
+
+
 def test_keep_freed_memory_stops_the_page_faults_of_reallocation():
     """Under glibc's defaults a freed 64 MiB tensor allocated again faults every page in afresh; after
     `device.keep_freed_memory` (what train.py and bench.py call on CPU) the pages are reused. In a
