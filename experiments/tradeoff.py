@@ -43,7 +43,9 @@ class Config:
     device: str = 'auto'
 
     def validate(self):
-        pass
+        if self.context < 8 or self.max_blocks < 0:
+            raise ConfigError(f"--context must be >= 8 (two chunks) and --max_blocks >= 0 (0: all); got "
+                              f"{self.context} and {self.max_blocks}")
 
 
 def scores(a, b, y) -> dict:
