@@ -43,3 +43,25 @@ def test_rows_pair_the_two_draws_per_position_and_pass_each_setting():
     assert model.seen == [(T, N) for T, N in CALM_SETTINGS]
     for r in out:
         assert (r['acc_1'], r['collision_1'], r['acc_4'], r['collision_4']) == (1.0, 0.0, 1.0, 0.0)
+
+
+def test_end_to_end_on_test_checkpoints(train_cfg, tmp_path):
+    """The script on a tiny CALM and baseline: every setting's row, rates in [0, 1], a whole chunk never
+    matching more often than its first token, and the checkpoints recorded."""
+    import dataclasses
+    import json
+
+    import train
+    from experiments.tradeoff import GPT_SETTINGS, Config, main
+    train.main(dataclasses.replace(train_cfg, model='gpt'))
+    train.main(dataclasses.replace(train_cfg, model='calm'))
+    cfg = Config(calm=f'{train_cfg.out_dir}/calm.pt', gpt=f'{train_cfg.out_dir}/gpt.pt', context=32, max_blocks=2,
+                 out_dir=str(tmp_path / 'tradeoff'), device='cpu')
+    main(cfg)
+    report = json.loads((tmp_path / 'tradeoff' / 'results.json').read_text())
+    assert report['checkpoints']['calm'] == cfg.calm and report['checkpoints']['gpt_step'] == train_cfg.max_iters
+    rows_ = report['rows']
+    assert len(rows_) == len(CALM_SETTINGS) + len(GPT_SETTINGS)
+    for r in rows_:
+        assert all(0 <= r[k] <= 1 for k in ('acc_1', 'collision_1', 'acc_4', 'collision_4'))
+        assert r['acc_4'] <= r['acc_1'] and r['collision_4'] <= r['collision_1']
