@@ -290,7 +290,7 @@ def compiled_parts_apart(calm, B: int, device, rounds: int) -> dict:
     alone and over and over, a part keeps its weights in the CPU's caches; the whole step reads all
     of CALM's weights once per call. 'parts_sum' > 'step' would mean compiling as one graph costs
     time; 'step' > 'parts_sum' means the step pays for reading weights that no longer fit in cache."""
-    comp = lambda fn: compile_for_decoding(fn, device=device)
+    comp = lambda fn: compile_for_decoding(fn, device)
     dtype = calm.tok_emb.weight.dtype
     cache = calm.backbone.make_cache(B, cache_length(65), device, decode_cache_dtype(device, dtype), static=True)
     chunk = torch.zeros(B, calm.chunk_size, dtype=torch.long, device=device)                 # (B, K)
@@ -535,8 +535,8 @@ def main(bench: BenchConfig, cfg: TrainConfig, argv=()) -> dict:
         print(json.dumps(r))
         return r
     threads = torch.get_num_threads()
-    report = {'device': str(device), 'threads': threads, 'torch': torch.__version__,
-              'keeps_freed_memory': keep_freed_memory(device),                  # as train.py runs
+    kept = keep_freed_memory(device)                                  # CPU: as train.py runs
+    report = {'device': str(device), 'threads': threads, 'torch': torch.__version__, 'keeps_freed_memory': kept,
               'sizes': {k: getattr(cfg, k) for k in ('vocab_size', 'n_layer', 'n_embd', 'chunk_size', 'latent_size',
                                                       'ae_dim', 'head_blocks', 'block_size', 'batch_size')}}
     gpt, calm, ref = models(cfg, device)

@@ -98,7 +98,7 @@ DECODE_MM_ROWS = 4  # products with up to this many rows are written by inductor
 DECODE_MM_MAX_SIDE = 2048  # ... and with both sides of the weight up to this (torch's default on CPU)
 
 
-def decode_compile_options(device: torch.device | None = None) -> dict:
+def decode_compile_options(device: torch.device) -> dict:
     """Inductor options for the decoding step. At batch 1 every backbone product is a matrix-vector
     product (M = 1) and the AE decoder's token stage has M = K = 4 rows (split into K one-row
     products where all of them pass the sides check below: `Autoencoder.decode_logits`). Inductor's
@@ -119,7 +119,7 @@ def decode_compile_options(device: torch.device | None = None) -> dict:
     inductor lacks are left out."""
     from torch._inductor import config as inductor_config
     options = {'size_asserts': False} if hasattr(inductor_config, 'size_asserts') else {}
-    if device is not None and device.type == 'cpu' and hasattr(inductor_config, 'cpp_wrapper'):
+    if device.type == 'cpu' and hasattr(inductor_config, 'cpp_wrapper'):
         options['cpp_wrapper'] = True
     if not hasattr(inductor_config, 'post_grad_fusion_options'):
         return options
@@ -138,7 +138,7 @@ def decode_compile_options(device: torch.device | None = None) -> dict:
     return {**options, 'post_grad_fusion_options': {**inductor_config.post_grad_fusion_options, 'decompose_mm_pass': mm}}
 
 
-def compile_for_decoding(fn, cuda_graphs: bool = False, device: torch.device | None = None):
+def compile_for_decoding(fn, device: torch.device, cuda_graphs: bool = False):
     """fn through torch.compile as one whole graph with static shapes (fullgraph=True fails loudly
     rather than falling back op by op) and the decoding options above for `device` (where fn's
     tensors live). cuda_graphs=True also replays the graph as a CUDA graph (what
@@ -158,7 +158,7 @@ def compiled_decode_step(model, cuda_graphs: bool = False):
     key = f'_compiled_decode_step_{device.type}' + ('_cuda_graphs' if cuda_graphs else '')
     fn = model.__dict__.get(key)
     if fn is None:
-        fn = compile_for_decoding(model.decode_step, cuda_graphs, device)
+        fn = compile_for_decoding(model.decode_step, device, cuda_graphs)
         model.__dict__[key] = fn
     return fn
 

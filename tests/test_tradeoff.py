@@ -1,14 +1,16 @@
 """experiments/tradeoff.py: its accuracy and collision rates against hand-counted answers, and the
 sampler settings it asks each model for."""
+import dataclasses
+import json
 import sys
 
-import pytest
 import torch
 
+import train
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))
-from experiments.tradeoff import CALM_SETTINGS, rows, scores  # noqa: E402
+from experiments.tradeoff import CALM_SETTINGS, GPT_SETTINGS, Config, main, rows, scores  # noqa: E402
 
 
 def test_scores_known_answer():
@@ -48,11 +50,6 @@ def test_rows_pair_the_two_draws_per_position_and_pass_each_setting():
 def test_end_to_end_on_test_checkpoints(train_cfg, tmp_path):
     """The script on a tiny CALM and baseline: every setting's row, rates in [0, 1], a whole chunk never
     matching more often than its first token, and the checkpoints recorded."""
-    import dataclasses
-    import json
-
-    import train
-    from experiments.tradeoff import GPT_SETTINGS, Config, main
     train.main(dataclasses.replace(train_cfg, model='gpt'))
     train.main(dataclasses.replace(train_cfg, model='calm'))
     cfg = Config(calm=f'{train_cfg.out_dir}/calm.pt', gpt=f'{train_cfg.out_dir}/gpt.pt', context=32, max_blocks=2,
