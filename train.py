@@ -64,12 +64,19 @@ def lr_at(cfg: TrainConfig, it: int, base_lr: float, max_iters: int) -> float:
     return base_lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def fused_adamw(device) -> bool:
+    """Whether torch has a fused AdamW kernel (all parameters in one call, no Python loop over them)
+    for `device`: CUDA, and CPU from torch 2.4. On CPU it makes the quick start's autoencoder steps about
+    4% faster and CALM's 1% (docs/throughput.md, *Fused AdamW on CPU*)."""
+    return device.type == 'cuda' or (device.type == 'cpu' and torch.__version__ >= (2, 4))
+
+
 def make_optimizer(model, cfg: TrainConfig, lr: float, device):
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]            # weight decay on matrices only
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{'params': decay, 'weight_decay': cfg.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == 'cuda')
+    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), fused=fused_adamw(device) or None)
 
 
 def check_resume(cfg: TrainConfig, ckpt: dict):

@@ -168,3 +168,32 @@ def test_keep_freed_memory_stops_the_page_faults_of_reallocation():
         pytest.skip('not glibc: mallopt is unavailable')
     assert int(before) > 4000, f"glibc's default was expected to fault the 16384 pages in again: {before}"
     assert int(after) < int(before) // 10, (before, after)
+
+
+def test_optimizer_is_adamw_with_decay_on_matrices_only(train_cfg):
+    """make_optimizer (fused where torch has the kernel: CUDA, CPU from torch 2.4) takes the same steps
+    as torch's one-tensor-at-a-time AdamW with weight decay on matrices and none on vectors, through
+    changing learning rates."""
+    cpu = torch.device('cpu')
+    cfg = dataclasses.replace(train_cfg, weight_decay=0.3, beta1=0.8, beta2=0.9)
+    torch.manual_seed(0)
+    model = train.build_model(dataclasses.replace(cfg, model='gpt'), 257, 256)
+    ref = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    opt = train.make_optimizer(model, cfg, 1e-2, cpu)
+    assert opt.defaults['fused'] == (train.fused_adamw(cpu) or None)
+    ref_opt = torch.optim.AdamW([{'params': [p for p in ref if p.dim() >= 2], 'weight_decay': 0.3},
+                                 {'params': [p for p in ref if p.dim() < 2], 'weight_decay': 0.0}],
+                                lr=1e-2, betas=(0.8, 0.9), foreach=False)
+    g = torch.Generator().manual_seed(1)
+    for lr in (1e-2, 3e-3, 5e-2):
+        for o in (opt, ref_opt):
+            for group in o.param_groups:
+                group['lr'] = lr
+        for p, q in zip(model.parameters(), ref):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        opt.step()
+        ref_opt.step()
+    for p, q in zip(model.parameters(), ref):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert any(p.dim() < 2 for p in ref) and any(p.dim() >= 2 for p in ref)
