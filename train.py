@@ -79,6 +79,14 @@ def make_optimizer(model, cfg: TrainConfig, lr: float, device):
     return torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), fused=fused_adamw(device) or None)
 
 
+def load_optimizer_state(optimizer, state: dict, device):
+    """Resume AdamW from a checkpoint with this machine's kernel. torch's load_state_dict also restores
+    the file's `fused` flag, so a file written without the fused kernel (an earlier version, another
+    torch) would resume on the slow path, and one written with it could not resume where torch lacks it."""
+    fused = fused_adamw(device) or None
+    optimizer.load_state_dict({**state, 'param_groups': [{**g, 'fused': fused} for g in state['param_groups']]})
+
+
 def check_resume(cfg: TrainConfig, ckpt: dict):
     max_iters = cfg.ae_max_iters if cfg.model == 'ae' else cfg.max_iters
     if max_iters < ckpt['step']:
@@ -220,7 +228,7 @@ def train(cfg: TrainConfig, corpus, dist: Dist) -> dict:
     g_model = torch.Generator(device=device).manual_seed(cfg.seed + 1000 + dist.rank)
     start = 0
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt['optimizer'])
+        load_optimizer_state(optimizer, ckpt['optimizer'], device)
         start = ckpt['step']
         ranks = ckpt.get('rng_ranks') or [ckpt['rng']]        # per process; older files hold one 'rng'
         if len(ranks) == dist.world:

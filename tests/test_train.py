@@ -197,3 +197,19 @@ def test_optimizer_is_adamw_with_decay_on_matrices_only(train_cfg):
     for p, q in zip(model.parameters(), ref):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert any(p.dim() < 2 for p in ref) and any(p.dim() >= 2 for p in ref)
+
+
+@pytest.mark.parametrize('saved_fused', [False, True])
+def test_resume_uses_this_machines_adamw_kernel(train_cfg, monkeypatch, saved_fused):
+    """A checkpoint written with the other AdamW kernel (by a version without the fused one on CPU, or
+    by a torch that has it where this one has not) resumes with this machine's choice: torch's own
+    load_state_dict would keep the file's."""
+    cfg = dataclasses.replace(train_cfg, model='gpt', max_iters=3)
+    monkeypatch.setattr(train, 'fused_adamw', lambda device: saved_fused)
+    train.main(cfg)
+    assert load_checkpoint(cfg.ckpt_path)['optimizer']['param_groups'][0]['fused'] == (saved_fused or None)
+    monkeypatch.setattr(train, 'fused_adamw', lambda device: not saved_fused)
+    res = train.main(dataclasses.replace(cfg, max_iters=6, resume=True))
+    ckpt = load_checkpoint(res['ckpt'])
+    assert ckpt['step'] == 6
+    assert [g['fused'] for g in ckpt['optimizer']['param_groups']] == [(not saved_fused) or None] * 2
