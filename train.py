@@ -65,8 +65,8 @@ def lr_at(cfg: TrainConfig, it: int, base_lr: float, max_iters: int) -> float:
 
 
 def fused_adamw(device) -> bool:
-    """Whether torch has a fused AdamW kernel (all parameters in one call, no Python loop over them)
-    for `device`: CUDA, and CPU from torch 2.4. On CPU it makes the quick start's autoencoder steps about
+    """Whether torch has a fused AdamW kernel (one call per parameter group, no Python loop over the
+    parameters) for `device`: CUDA, and CPU from torch 2.4. On CPU it makes the quick start's autoencoder steps about
     4-6% faster and CALM's 1-3% (README, *Fused AdamW on CPU*)."""
     return device.type == 'cuda' or (device.type == 'cpu' and torch.__version__ >= (2, 4))
 
@@ -76,14 +76,16 @@ def make_optimizer(model, cfg: TrainConfig, lr: float, device):
     decay = [p for p in params if p.dim() >= 2]            # weight decay on matrices only
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{'params': decay, 'weight_decay': cfg.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), fused=fused_adamw(device) or None)
+    fused = fused_adamw(device) or None                    # None: torch's own default path for the device
+    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
-def load_optimizer_state(optimizer, state: dict, device):
-    """Resume AdamW from a checkpoint with this machine's kernel. torch's load_state_dict also restores
-    the file's `fused` flag, so a file written without the fused kernel (an earlier version, another
-    torch) would resume on the slow path, and one written with it could not resume where torch lacks it."""
-    fused = fused_adamw(device) or None
+def load_optimizer_state(optimizer, state: dict):
+    """Resume AdamW from a checkpoint with the kernel `optimizer` was made with (make_optimizer's choice
+    for this machine). torch's load_state_dict also restores the file's `fused` flag, so a file written
+    without the fused kernel (an earlier version, another torch) would resume on the slow path, and one
+    written with it could not resume where torch lacks it."""
+    fused = optimizer.defaults['fused']
     optimizer.load_state_dict({**state, 'param_groups': [{**g, 'fused': fused} for g in state['param_groups']]})
 
 
@@ -228,7 +230,7 @@ def train(cfg: TrainConfig, corpus, dist: Dist) -> dict:
     g_model = torch.Generator(device=device).manual_seed(cfg.seed + 1000 + dist.rank)
     start = 0
     if ckpt is not None:
-        load_optimizer_state(optimizer, ckpt['optimizer'], device)
+        load_optimizer_state(optimizer, ckpt['optimizer'])
         start = ckpt['step']
         ranks = ckpt.get('rng_ranks') or [ckpt['rng']]        # per process; older files hold one 'rng'
         if len(ranks) == dist.world:
