@@ -10,7 +10,8 @@ text, tokenized with the checkpoint's own tokenizer.
 Protocol (recorded in the output): the split is cut into consecutive blocks of --context tokens
 (--max_blocks of them, spread evenly); CALM and the baseline see exactly the same blocks and are
 scored on the same 4-grams (those starting at every multiple of 4 tokens, i.e. CALM's chunk
-boundaries for K = 4), each with all the block's tokens before it as context.
+boundaries for K = 4), each with all the block's tokens before it as context. A --context longer
+than the model's training window is allowed (it measures extrapolation) and noted on stderr.
 """
 from __future__ import annotations
 
@@ -163,8 +164,11 @@ def main(cfg: EvalConfig) -> dict:
         if cfg.context < need:
             raise ConfigError(f"--context={cfg.context} leaves nothing to score: BrierLM needs {K} tokens of "
                               f"context and 4 to predict; use --context >= {need}")
+        if cfg.context > tc['block_size']:
+            print(f"note: --context={cfg.context} is longer than the {tc['block_size']} tokens the model was trained "
+                  f"on; positions beyond them score its extrapolation", file=sys.stderr)
         blocks = eval_blocks(tokens, cfg.context, cfg.max_blocks)
-        protocol.update({'context_tokens': cfg.context,
+        protocol.update({'context_tokens': cfg.context, 'trained_block_size': tc['block_size'],
                          'context_positions': cfg.context // model.tokens_per_step,
                          'blocks': len(blocks), 'ngram_starts': f'every {K} tokens from token {K}'})
         result = eval_lm(model, blocks, cfg, bytes_per_token)

@@ -117,6 +117,9 @@ def check_output(cfg: TrainConfig):
     """Before any training: the run may write (or resume) cfg.ckpt_path."""
     check_writable(cfg.ckpt_path.parent, 'out_dir')
     if cfg.resume:
+        if not cfg.ckpt_path.is_file():
+            raise ConfigError(f"--resume=true but there is no {cfg.ckpt_path} to continue: check --out_dir and "
+                              f"--model, or drop --resume to start a new run")
         check_resume(cfg, load_checkpoint(cfg.ckpt_path, (cfg.model,)))
     elif cfg.ckpt_path.exists() and not cfg.overwrite:
         raise ConfigError(f"{cfg.ckpt_path} already exists: pass --resume=true to continue it, --overwrite=true "
@@ -176,7 +179,9 @@ def main(cfg: TrainConfig) -> dict:
             stages = [dataclasses.replace(cfg, model='ae', resume=False), cfg]
         elif not load_checkpoint(cfg.ae_ckpt_path, ('ae',)).get('finished', True):
             dist.log(f"{cfg.ae_ckpt_path} is from an autoencoder run that did not finish: resuming it first")
-            stages = [dataclasses.replace(cfg, model='ae', resume=True, overwrite=False), cfg]
+            # --resume=true (what a stopped run advises) continues the AE; CALM then starts, unless it had begun
+            calm = cfg if cfg.ckpt_path.exists() else dataclasses.replace(cfg, resume=False)
+            stages = [dataclasses.replace(cfg, model='ae', resume=True, overwrite=False), calm]
     elif cfg.model == 'calm' and not cfg.ae_ckpt_path.exists():
         raise CheckpointError(f"--ae_ckpt={cfg.ae_ckpt}: file not found; train one with --model=ae")
     if cfg.model != 'ae':                                     # a language model needs one whole training window

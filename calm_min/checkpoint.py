@@ -68,8 +68,8 @@ def load_checkpoint(path, kinds: tuple[str, ...] = KINDS, tokenizer: dict | None
     if ckpt.get('format') != FORMAT:
         raise CheckpointError(f"{path} has checkpoint format {ckpt.get('format')}, this code reads {FORMAT}")
     if ckpt['kind'] not in kinds:
-        raise CheckpointError(f"{path} is a '{ckpt['kind']}' checkpoint, but a "
-                              f"{' or '.join(repr(k) for k in kinds)} checkpoint is needed here")
+        raise CheckpointError(f"{path} is a checkpoint of kind '{ckpt['kind']}', but kind "
+                              f"{' or '.join(repr(k) for k in kinds)} is needed here")
     if tokenizer is not None:
         check_tokenizer(ckpt, tokenizer, path)
     return ckpt

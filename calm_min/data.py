@@ -41,7 +41,8 @@ class DataError(ValueError):
 # reading corpora (streaming)
 
 
-def _sources(dataset: str) -> list[Path]:
+def _sources(dataset: str, flag: str = '--dataset') -> list[Path]:
+    """The files of a corpus; `flag` names the option it came from in the errors."""
     if dataset == 'sotu':
         files = [BUNDLED / 'sotu.jsonl.xz', BUNDLED / 'moby_dick.txt.xz']
         missing = [str(f) for f in files if not f.is_file()]
@@ -51,15 +52,15 @@ def _sources(dataset: str) -> list[Path]:
         return files
     p = Path(dataset)
     if not p.exists():
-        raise DataError(f"--dataset={dataset!r}: no such file or folder. Use 'sotu' (bundled), a .txt "
+        raise DataError(f"{flag}={dataset!r}: no such file or folder. Use 'sotu' (bundled), a .txt "
                         f"file, a folder of .txt files, or a .jsonl file with a 'text' field")
     if p.is_dir():
         files = sorted(p.rglob('*.txt'))
         if not files:
-            raise DataError(f"--dataset={dataset!r}: the folder holds no .txt files")
+            raise DataError(f"{flag}={dataset!r}: the folder holds no .txt files")
         return files
     if p.suffix not in ('.txt', '.jsonl', '.xz'):
-        raise DataError(f"--dataset={dataset!r}: expected a .txt or .jsonl file, or a folder")
+        raise DataError(f"{flag}={dataset!r}: expected a .txt or .jsonl file, or a folder")
     return [p]
 
 
@@ -125,8 +126,8 @@ def _text_pieces(path: Path) -> Iterator[str]:
             yield ''.join(buf)
 
 
-def _all_documents(dataset: str) -> Iterator[str]:
-    sources = _sources(dataset)
+def _all_documents(dataset: str, flag: str = '--dataset') -> Iterator[str]:
+    sources = _sources(dataset, flag)
     for path in sources:
         name = path.name.removesuffix('.xz')
         if name.endswith('.jsonl'):
@@ -328,7 +329,7 @@ def tokenize_text(path: str, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarr
     """Any held-out text (a .txt file, a folder of .txt files, a .jsonl with a 'text' field) with a
     given tokenizer, all of it, packed as a prepared split is: (tokens, document starts, UTF-8 bytes)."""
     ids, starts, n_tokens, n_bytes = [], [], 0, 0
-    for text in _all_documents(path):
+    for text in _all_documents(path, '--data'):
         ids.append(tokenizer.encode(text) + [tokenizer.eot_id])
         starts.append(n_tokens)
         n_tokens += len(ids[-1])

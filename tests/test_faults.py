@@ -88,9 +88,11 @@ def test_sigterm_saves_the_current_step_and_resumes(train_cfg):
     assert load_checkpoint(train_cfg.ckpt_path.with_name('gpt.pt'))['step'] == step + 2
 
 
-def test_sigkill_in_the_autoencoder_stage_is_resumed_not_reused(train_cfg):
+@pytest.mark.parametrize('resume', ['--resume=false', '--resume=true'])
+def test_sigkill_in_the_autoencoder_stage_is_resumed_not_reused(train_cfg, resume):
     """Killed while training its AE, a CALM run leaves an unfinished ae.pt: an explicit --ae_ckpt to it
-    is refused, and the next plain CALM run finishes the AE (resuming it) before CALM."""
+    is refused, and the next CALM run, plain or with --resume=true (the advice a stopped run prints),
+    finishes the AE (resuming it), then trains CALM from the start."""
     ae_path = train_cfg.ckpt_path.with_name('ae.pt')
     p = subprocess.Popen(_cmd(train_cfg, '--model=calm', '--ae_max_iters=100000', '--eval_interval=2'),
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -103,17 +105,23 @@ def test_sigkill_in_the_autoencoder_stage_is_resumed_not_reused(train_cfg):
     r = subprocess.run(_cmd(train_cfg, '--model=calm', f'--ae_ckpt={ae_path}', '--out_dir=' + str(train_cfg.out_dir) + '/x'),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and 'run that stopped at step' in r.stderr and 'Traceback' not in r.stderr
-    r = subprocess.run(_cmd(train_cfg, '--model=calm', f'--ae_max_iters={ck["step"] + 2}'),
+    r = subprocess.run(_cmd(train_cfg, '--model=calm', f'--ae_max_iters={ck["step"] + 2}', resume),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert 'did not finish: resuming it first' in r.stdout and f'resumed {ae_path} at step {ck["step"]}' in r.stdout
     assert load_checkpoint(ae_path)['finished'] and load_checkpoint(ae_path)['step'] == ck['step'] + 2
+    assert load_checkpoint(train_cfg.ckpt_path.with_name('calm.pt'))['step'] == train_cfg.max_iters
 
 
 def test_resume_cannot_go_backwards(train_cfg):
     train.main(dataclasses.replace(train_cfg, model='gpt', max_iters=6))
     with pytest.raises(ConfigError, match='at step 6, beyond --max_iters=3'):
         train.main(dataclasses.replace(train_cfg, model='gpt', max_iters=3, resume=True))
+
+
+def test_resume_with_nothing_to_continue_says_so(train_cfg):
+    with pytest.raises(ConfigError, match='no .*gpt.pt to continue: check --out_dir'):
+        train.main(dataclasses.replace(train_cfg, model='gpt', resume=True))
 
 
 def test_truncated_prepared_data_is_detected(corpus_jsonl, tmp_path):

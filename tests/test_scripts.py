@@ -80,7 +80,7 @@ def test_eval_bad_checkpoint(tmp_path):
         evaluate.main(EvalConfig(ckpt=str(bad), device='cpu'))
 
 
-def test_eval_any_text(trained, tmp_path):
+def test_eval_any_text(trained, tmp_path, capsys):
     """--data scores held-out text with the checkpoint's own tokenizer: a .txt file, a folder of .txt
     files and a .jsonl give the same figures for the same text; bits per byte use that text's bytes."""
     text = 'The people of the united states in congress. ' * 40
@@ -101,5 +101,10 @@ def test_eval_any_text(trained, tmp_path):
     assert c['positions'] == 8 * 7 and 0 <= c['brierlm'] <= 100
     a = evaluate.main(EvalConfig(ckpt=trained.out_dir + '/ae.pt', data=str(tmp_path / 'doc.jsonl'), device='cpu'))
     assert a['results']['chunks'] == -(-(len(text) + 1) // 4)                  # every chunk of the one document
-    with pytest.raises(DataError, match='no such file'):
+    assert 'longer than' not in capsys.readouterr().err                       # context 32 = the trained 32
+    long = evaluate.main(EvalConfig(ckpt=trained.out_dir + '/gpt.pt', data=str(tmp_path / 'one.txt'), context=64,
+                                    max_blocks=2, bootstrap=20, device='cpu'))['protocol']
+    assert long['trained_block_size'] == 32 and runs['one.txt']['protocol']['trained_block_size'] == 32
+    assert 'longer than the 32 tokens the model was trained on' in capsys.readouterr().err  # said, once past it
+    with pytest.raises(DataError, match='^--data=.*no such file'):             # names the flag the user gave
         evaluate.main(EvalConfig(ckpt=trained.out_dir + '/gpt.pt', data=str(tmp_path / 'missing.txt'), device='cpu'))

@@ -79,7 +79,7 @@ def test_corrupt_truncated_and_wrong_kind_checkpoints(train_cfg, tmp_path):
     junk.write_bytes(b'not a checkpoint at all')
     with pytest.raises(CheckpointError, match='corrupt or truncated'):
         load_checkpoint(junk)
-    with pytest.raises(CheckpointError, match="is a 'gpt' checkpoint, but a 'calm' checkpoint is needed"):
+    with pytest.raises(CheckpointError, match="is a checkpoint of kind 'gpt', but kind 'calm' is needed"):
         load_model(res['ckpt'], ('calm',))
     with pytest.raises(CheckpointError, match='not found'):
         load_checkpoint(tmp_path / 'missing.pt')
