@@ -52,8 +52,10 @@ def load_checkpoint(path, kinds: tuple[str, ...] = KINDS, tokenizer: dict | None
     """Read and check a checkpoint; with `tokenizer` (an identity dict), refuse one trained on another."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found; train one with `python train.py config/tiny.py "
-                              f"--model={kinds[0]}` or pass the right path")
+        kind = path.stem if path.stem in kinds else kinds[-1]
+        raise CheckpointError(f"checkpoint {path} not found: pass one that train.py wrote (--out_dir/{kind}.pt; the "
+                              f"quick start writes to out/tiny_bytes/), or train one with `python train.py "
+                              f"config/tiny_bytes.py --model={kind}`")
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
