@@ -5,7 +5,8 @@ Corpora. `sotu` (bundled, data/sotu.jsonl.xz): 233 State of the Union addresses;
 (index % 20 == 10 in file-name order) is the validation split, the rest train; the test split is
 Moby Dick (data/moby_dick.txt.xz), out of domain. A user's corpus is a .txt file, a folder of .txt
 files (one document each) or a .jsonl with a `text` field (one document a line), read streaming;
-a single .txt file is cut at line boundaries into ~64 KB documents. Every 20th document goes to val.
+a single .txt file is cut at line boundaries into ~64 KB documents (one under 704 KB into 20 equal
+pieces, so that it still has a validation split). Every 20th document goes to val.
 
 Preparation writes, per split, `{split}.bin` (uint16, or uint32 for vocabularies over 65535: each
 document's tokens followed by end-of-text) and `{split}.idx` (int64 start offset of each document),
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import itertools
 import json
 import lzma
 import os
@@ -30,7 +32,8 @@ from .tokenizer import Tokenizer, train_bpe
 
 BUNDLED = Path(__file__).resolve().parent.parent / 'data'
 FORMAT = 1
-PIECE_BYTES = 64 * 1024
+PIECE_BYTES = 64 * 1024    # a single .txt file's documents: about this many characters each
+VAL_EVERY = 20             # every 20th document (the 10th, 30th, ...) goes to val
 
 
 class DataError(ValueError):
@@ -113,10 +116,22 @@ def _jsonl_texts(path: Path) -> Iterator[str]:
             yield text
 
 
-def _text_pieces(path: Path) -> Iterator[str]:
+def _text_pieces(path: Path, for_splits: bool = False) -> Iterator[str]:
+    """One .txt file as documents of ~PIECE_BYTES characters, cut at line ends (streamed). With
+    `for_splits`, a file too short for VAL_EVERY // 2 + 1 such pieces (the fewest that give val one) is
+    cut into VAL_EVERY pieces of equal length instead, so that a small file still has a val split."""
     with _open_text(path) as f:
+        head, size, enough = [], 0, (VAL_EVERY // 2 + 1) * PIECE_BYTES if for_splits else 0
+        for line in f:                                    # a small file is read whole first
+            head.append(line)
+            size += len(line)
+            if size >= enough:
+                break
+        if size < enough:
+            yield from _equal_pieces(''.join(head), VAL_EVERY)
+            return
         buf, size = [], 0
-        for line in f:
+        for line in itertools.chain(head, f):
             buf.append(line)
             size += len(line)
             if size >= PIECE_BYTES:
@@ -126,14 +141,28 @@ def _text_pieces(path: Path) -> Iterator[str]:
             yield ''.join(buf)
 
 
-def _all_documents(dataset: str, flag: str = '--dataset') -> Iterator[str]:
+def _equal_pieces(text: str, n: int) -> list[str]:
+    """`text` in n pieces of about equal length, each cut at the first line end in its stretch (at
+    the stretch's start where there is none); fewer pieces only for a text of fewer than n characters."""
+    cuts = [0]
+    for k in range(1, n):
+        at = len(text) * k // n
+        nl = text.find('\n', at, len(text) * (k + 1) // n - 1)    # so that the next stretch keeps a cut
+        at = nl + 1 if nl >= 0 else at
+        if cuts[-1] < at < len(text):
+            cuts.append(at)
+    cuts.append(len(text))
+    return [text[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def _all_documents(dataset: str, flag: str = '--dataset', for_splits: bool = False) -> Iterator[str]:
     sources = _sources(dataset, flag)
     for path in sources:
         name = path.name.removesuffix('.xz')
         if name.endswith('.jsonl'):
             yield from _jsonl_texts(path)
         elif len(sources) == 1:
-            yield from _text_pieces(path)
+            yield from _text_pieces(path, for_splits)
         else:
             with _open_text(path) as f:
                 yield f.read()
@@ -147,13 +176,13 @@ def iter_documents(dataset: str, split: str) -> Iterator[str]:
                 yield f.read()
             return
         for i, text in enumerate(_jsonl_texts(BUNDLED / 'sotu.jsonl.xz')):
-            if (i % 20 == 10) == (split == 'val'):
+            if (i % VAL_EVERY == VAL_EVERY // 2) == (split == 'val'):
                 yield text
         return
     if split == 'test':
         return
-    for i, text in enumerate(_all_documents(dataset)):
-        if (i % 20 == 10) == (split == 'val'):
+    for i, text in enumerate(_all_documents(dataset, for_splits=True)):
+        if (i % VAL_EVERY == VAL_EVERY // 2) == (split == 'val'):
             yield text
 
 
@@ -248,7 +277,7 @@ def prepare(dataset: str = 'sotu', tokenizer: str = 'bpe', vocab_size: int = 409
             if split == 'test':
                 continue
             raise DataError(f"--dataset={dataset!r} gives an empty {split} split: a corpus needs at least "
-                            f"11 documents (every 20th goes to val; a .txt file is cut into ~64 KB pieces)")
+                            f"11 documents (every 20th goes to val; a .txt file is cut into ~64 KB pieces, or 20 if smaller)")
         os.replace(tmp, out / f'{split}.bin')
         np.asarray(starts, dtype=np.int64).tofile(out / f'{split}.idx')
         splits[split] = {'tokens': n_tokens, 'documents': len(starts), 'bytes': n_bytes,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from calm_min.data import ChunkIndex, Corpus, DataError, eval_blocks, lm_batch, prepare
+from calm_min.data import ChunkIndex, Corpus, DataError, _equal_pieces, eval_blocks, lm_batch, prepare
 from calm_min.tokenizer import Tokenizer, train_bpe
 from conftest import make_docs
 
@@ -68,9 +68,40 @@ def test_user_corpus_prepared(tmp_path, form):
         starts = c.doc_starts(split)
         assert len(starts) == meta['splits'][split]['documents']
         assert (toks[starts[1:] - 1] == c.tokenizer.eot_id).all() and toks[-1] == c.tokenizer.eot_id
+    if form == 'txt':  # over 704 KB: streamed in pieces of 64 KB (cut at the first line end past them)
+        assert meta['splits']['train']['documents'] + meta['splits']['val']['documents'] == len(src.read_text()) // 2**16 + 1
     if form != 'txt':  # whole documents: the val split decodes back to documents 10 of each 20
         val_docs = c.tokenizer.decode(c.tokens('val')).split('<|endoftext|>')[:-1]
         assert val_docs == [d for i, d in enumerate(docs) if i % 20 == 10]
+
+
+@pytest.mark.parametrize('lines', [True, False])
+def test_small_txt_file_is_cut_into_20_pieces(tmp_path, lines):
+    """A .txt file too short for 11 pieces of 64 KB (no val split) is cut into 20 pieces of about equal
+    length, at line ends where it has them: piece 10 is val, the text is all there, in order."""
+    text = ('\n' if lines else ' ').join(make_docs(60, words=40)) + '\n'
+    src = tmp_path / 'small.txt'
+    src.write_text(text)
+    c = Corpus(prepare(str(src), 'bytes', 0, str(tmp_path / 'cache'), verbose=False))
+    def documents(split):
+        toks, starts = c.tokens(split), list(c.doc_starts(split)) + [len(c.tokens(split))]
+        return [c.tokenizer.decode(toks[a:b - 1]) for a, b in zip(starts, starts[1:])]   # each without its end-of-text
+    pieces = {s: documents(s) for s in ('train', 'val')}
+    assert len(pieces['train']) == 19 and len(pieces['val']) == 1
+    assert ''.join(pieces['train'][:10] + pieces['val'] + pieces['train'][10:]) == text
+    longest_line = max(len(line) + 1 for line in text.splitlines())
+    for p in pieces['train'] + pieces['val']:
+        assert abs(len(p) - len(text) / 20) <= (longest_line if lines else 1)
+        assert p.endswith('\n') or not lines
+
+
+@given(st.text(alphabet='ab \n', max_size=300), st.integers(1, 25))
+@settings(max_examples=200, deadline=None)
+def test_equal_pieces_keep_the_text(text, n):
+    pieces = _equal_pieces(text, n)
+    assert ''.join(pieces) == text and all(pieces) and len(pieces) <= n
+    if len(text) >= n:                      # a cut in every stretch
+        assert len(pieces) == n
 
 
 def test_prepare_is_idempotent(tmp_path, corpus_jsonl):
