@@ -68,6 +68,21 @@ def test_resume_with_other_settings_refused(train_cfg):
         train.main(dataclasses.replace(train_cfg, resume=True, n_layer=3, max_iters=8))
 
 
+def test_resume_refuses_a_changed_or_missing_autoencoder(train_cfg):
+    """A CALM run resumes only on the autoencoder it began with: one retrained in place would be
+    overridden by the weights the checkpoint embeds, and the file saved with the new one's hash."""
+    cfg = dataclasses.replace(train_cfg, model='calm')
+    train.main(cfg)                                           # the AE (stage 1), then CALM
+    before = cfg.ckpt_path.read_bytes()
+    train.main(dataclasses.replace(train_cfg, model='ae', ae_max_iters=4, overwrite=True))   # AE retrained
+    with pytest.raises(ConfigError, match='has changed since'):
+        train.main(dataclasses.replace(cfg, resume=True, max_iters=8))
+    cfg.ae_ckpt_path.unlink()
+    with pytest.raises(ConfigError, match='is missing'):
+        train.main(dataclasses.replace(cfg, resume=True, max_iters=8))
+    assert cfg.ckpt_path.read_bytes() == before               # nothing written
+
+
 def test_corrupt_truncated_and_wrong_kind_checkpoints(train_cfg, tmp_path):
     res = train.main(train_cfg)
     data = open(res['ckpt'], 'rb').read()
