@@ -130,8 +130,7 @@ def eval_ae(ae, chunks: torch.Tensor, cfg: EvalConfig) -> dict:
 
 def main(cfg: EvalConfig) -> dict:
     device = pick_device(cfg.device)
-    if cfg.out:                                               # fail before the work, not after it
-        check_writable(Path(cfg.out).resolve().parent, 'out')
+    check_report_path(cfg.out)                                # fail before the work, not after it
     model, ckpt = load_model(cfg.ckpt, device=device)
     tc = ckpt['train_config']
     protocol = {'checkpoint': str(cfg.ckpt), 'kind': ckpt['kind'], 'checkpoint_sha256': file_sha256(cfg.ckpt),
@@ -173,6 +172,22 @@ def main(cfg: EvalConfig) -> dict:
                          'blocks': len(blocks), 'ngram_starts': f'every {K} tokens from token {K}'})
         result = eval_lm(model, blocks, cfg, bytes_per_token)
     return print_report({'protocol': protocol, 'results': result}, cfg.out)
+
+
+def check_report_path(out: str):
+    """Before any work: --out (if given) can be written, and writing it replaces at most an earlier
+    report (a JSON object), never a checkpoint or any other file."""
+    if not out:
+        return
+    p = Path(out)
+    check_writable(p.resolve().parent, 'out')
+    if p.is_dir():
+        raise ConfigError(f"--out={out} is a folder: give a file name, e.g. --out={p / 'report.json'}")
+    if p.is_file() and p.stat().st_size:
+        with open(p, 'rb') as f:
+            if f.read(64).lstrip()[:1] != b'{':
+                raise ConfigError(f"--out={out} exists and is not a JSON report (a checkpoint? data?): it would be "
+                                  f"overwritten; choose another file")
 
 
 def print_report(report: dict, out: str = '') -> dict:

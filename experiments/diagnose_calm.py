@@ -35,7 +35,7 @@ from calm_min.checkpoint import CheckpointError, check_tokenizer, load_model  # 
 from calm_min.config import ConfigError, run_cli  # noqa: E402
 from calm_min.data import DataError, eval_blocks, load_corpus  # noqa: E402
 from calm_min.device import pick_device  # noqa: E402
-from eval import print_report  # noqa: E402
+from eval import check_report_path, print_report  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -164,6 +164,7 @@ def head_report(model, h: torch.Tensor, nxt: torch.Tensor, bank: torch.Tensor, k
 
 def main(cfg: Config) -> dict:
     device = pick_device(cfg.device)
+    check_report_path(cfg.out)
     model, ckpt = load_model(cfg.ckpt, ('calm',), device)
     tc = ckpt['train_config']
     corpus = load_corpus(tc['dataset'], tc['tokenizer'], tc['vocab_size'], tc['data_dir'], verbose=False)

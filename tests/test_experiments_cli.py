@@ -12,13 +12,14 @@ sys.path.insert(0, str(ROOT))
 CASES = [   # (module, flags with a missing input, words the message must hold)
     ('tradeoff', ['--calm={tmp}/missing.pt'], 'not found'),
     ('diagnose_calm', ['--ckpt={tmp}/missing.pt'], 'not found'),
+    ('diagnose_calm', ['--ckpt={tmp}/missing.pt', '--out={tmp}'], 'is a folder'),      # checked first
     ('brier_vs_ce', ['--train=false', '--out_dir={tmp}'], 'run without --train=false'),
     ('learning_curves', ['--runs={tmp}'], 'no calm.jsonl or gpt.jsonl'),
     ('compute_matched', ['--sizes=', '--budgets=', '--also={tmp}/missing.json'], 'not a file'),
 ]
 
 
-@pytest.mark.parametrize('name,flags,words', CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize('name,flags,words', CASES, ids=[f'{c[0]}-{i}' for i, c in enumerate(CASES)])
 def test_missing_input_gives_one_error_line(name, flags, words, tmp_path, capsys):
     cli = importlib.import_module(f'experiments.{name}').cli
     assert cli([f.format(tmp=tmp_path) for f in flags]) == 1

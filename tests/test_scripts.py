@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -9,7 +10,7 @@ import eval as evaluate
 import sample
 import train
 from calm_min.checkpoint import CheckpointError
-from calm_min.config import EvalConfig, SampleConfig
+from calm_min.config import ConfigError, EvalConfig, SampleConfig
 from calm_min.data import DataError
 
 
@@ -59,6 +60,15 @@ def test_eval_reports(trained, tmp_path):
     g = evaluate.main(EvalConfig(ckpt=trained.out_dir + '/gpt.pt', context=32, max_blocks=4, bootstrap=50,
                                  device='cpu', out=str(out)))
     assert json.loads(out.read_text()) == json.loads(json.dumps(g))
+    again = evaluate.main(EvalConfig(ckpt=trained.out_dir + '/gpt.pt', context=32, max_blocks=2, bootstrap=50,
+                                     device='cpu', out=str(out)))                   # a report is replaced
+    assert json.loads(out.read_text())['protocol']['blocks'] == again['protocol']['blocks'] == 2
+    ckpt = Path(trained.out_dir) / 'gpt.pt'
+    before = ckpt.read_bytes()
+    for bad, why in ((ckpt, 'not a JSON report'), (tmp_path, 'is a folder')):     # a checkpoint is not
+        with pytest.raises(ConfigError, match=why):
+            evaluate.main(EvalConfig(ckpt=str(ckpt), context=32, max_blocks=2, device='cpu', out=str(bad)))
+    assert ckpt.read_bytes() == before
     r, p = g['results'], g['protocol']
     for key in ('cross_entropy', 'bits_per_byte', 'brierlm', 'brierlm_se', 'brier1', 'brier4_se', 'positions'):
         assert key in r
