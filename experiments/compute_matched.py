@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from calm_min.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint  # noqa: E402
 from calm_min.config import ConfigError, TrainConfig, parse_args, run_cli  # noqa: E402
 from calm_min.data import DataError, load_corpus  # noqa: E402
-from experiments.plotting import pyplot, save  # noqa: E402
+from experiments.plotting import check_plot_path, pyplot, save  # noqa: E402
 from train import build_model  # noqa: E402
 
 
@@ -141,6 +141,7 @@ def main(cfg: Config) -> list[dict]:
     py = sys.executable
     flags = shlex.split(cfg.train_flags)
     tcfg = parse_args([cfg.preset, *flags], TrainConfig)
+    check_plot_path(cfg.plot, 'plot')
     out = Path(cfg.out_dir)
     ae_path = out / 'ae' / 'ae.pt'
     runs = plan(cfg, tcfg, ae_path)

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from calm_min.config import ConfigError, run_cli  # noqa: E402
-from experiments.plotting import pyplot, save  # noqa: E402
+from experiments.plotting import check_plot_path, pyplot, save  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -66,6 +66,7 @@ def main(cfg: Config) -> dict:
     labels = cfg.labels.split(',') if cfg.labels else [f.name for f in folders]
     if len(labels) != len(folders):
         raise ConfigError(f"--labels names {len(labels)} runs, --runs {len(folders)}")
+    check_plot_path(cfg.out, 'out')
     curves = {lab: curve(f) for lab, f in zip(labels, folders)}
     for lab, c in curves.items():
         fin = c['final']
