@@ -51,6 +51,10 @@ def save_checkpoint(path: Path, ckpt: dict):
 def load_checkpoint(path, kinds: tuple[str, ...] = KINDS, tokenizer: dict | None = None) -> dict:
     """Read and check a checkpoint; with `tokenizer` (an identity dict), refuse one trained on another."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob('*.pt'))
+        raise CheckpointError(f"{path} is a folder, not a checkpoint: pass a .pt file"
+                              + (f" inside it ({', '.join(found)})" if found else ''))
     if not path.is_file():
         kind = path.stem if path.stem in kinds else kinds[-1]
         raise CheckpointError(f"checkpoint {path} not found: pass one that train.py wrote (--out_dir/{kind}.pt; the "

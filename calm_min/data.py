@@ -223,6 +223,8 @@ def prepare(dataset: str = 'sotu', tokenizer: str = 'bpe', vocab_size: int = 409
     """Tokenize the corpus once; return the folder holding meta.json and the .bin/.idx files."""
     if tokenizer not in ('bpe', 'bytes') and not Path(tokenizer).is_file():
         raise DataError(f"--tokenizer={tokenizer!r}: use 'bpe', 'bytes' or the path of a tokenizer.json")
+    if Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise DataError(f"--data_dir={data_dir} is a file, not a folder: choose a folder for the prepared data")
     out = prepared_dir(dataset, tokenizer, vocab_size, data_dir)
     fp = _fingerprint(dataset, tokenizer, vocab_size)
     meta_path = out / 'meta.json'

@@ -114,6 +114,9 @@ def test_prepare_is_idempotent(tmp_path, corpus_jsonl):
 def test_missing_and_bad_corpus(tmp_path):
     with pytest.raises(DataError, match='no such file or folder'):
         prepare(str(tmp_path / 'nope.txt'), 'bytes', 0, str(tmp_path))
+    (tmp_path / 'a_file').write_text('')
+    with pytest.raises(DataError, match='--data_dir=.* is a file, not a folder'):
+        prepare('sotu', 'bytes', 0, str(tmp_path / 'a_file'))
     bad = tmp_path / 'bad.jsonl'
     bad.write_text('{"txt": "x"}\n')
     with pytest.raises(DataError, match="'text' field"):

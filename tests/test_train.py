@@ -100,6 +100,10 @@ def test_corrupt_truncated_and_wrong_kind_checkpoints(train_cfg, tmp_path):
         load_checkpoint(tmp_path / 'missing.pt')
     with pytest.raises(CheckpointError, match='not found.*--model=ae`'):      # the kind the file name asks for
         load_checkpoint(tmp_path / 'ae.pt', ('gpt', 'calm', 'ae'))
+    (tmp_path / 'run').mkdir()
+    (tmp_path / 'run' / 'calm.pt').write_bytes(b'')
+    with pytest.raises(CheckpointError, match=r'is a folder, not a checkpoint: pass a .pt file inside it \(calm.pt\)'):
+        load_checkpoint(tmp_path / 'run')
     # resuming from a corrupt file: a clear error, and the file is left as it was
     train_cfg.ckpt_path.write_bytes(data[:100])
     with pytest.raises(CheckpointError, match='corrupt or truncated'):
