@@ -28,15 +28,19 @@ from calm_min.tokenizer import Tokenizer
 def main(cfg: SampleConfig) -> list[str]:
     device = pick_device(cfg.device)
     sampler = cfg.make_sampler()
-    model, ckpt = load_model(cfg.ckpt, ('gpt', 'calm'), device)
-    model.to(resolve_dtype(device, cfg.dtype))               # bf16: weights cast; the KV cache stays float32 on CPU
-    tok = Tokenizer.from_str(ckpt['tokenizer_json'], ckpt['tokenizer']['kind'])
     text = cfg.prompt
     if text.startswith('FILE:'):
         path = Path(text[5:])
         if not path.is_file():
             raise ConfigError(f"--prompt=FILE:{path}: no such file")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding='utf-8')
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"--prompt=FILE:{path} is not UTF-8 text (invalid byte at offset {e.start}): "
+                              f"convert it to UTF-8") from None
+    model, ckpt = load_model(cfg.ckpt, ('gpt', 'calm'), device)
+    model.to(resolve_dtype(device, cfg.dtype))               # bf16: weights cast; the KV cache stays float32 on CPU
+    tok = Tokenizer.from_str(ckpt['tokenizer_json'], ckpt['tokenizer']['kind'])
     ids = [tok.eot_id] + tok.encode(text)
     trained = ckpt['train_config']['block_size']
     if len(ids) + cfg.max_new_tokens > trained:

@@ -53,6 +53,9 @@ def test_sample_prompt_file(trained, tmp_path):
     texts = sample.main(SampleConfig(ckpt=trained.out_dir + '/gpt.pt', prompt=f'FILE:{p}', max_new_tokens=4,
                                      num_samples=1, device='cpu'))
     assert texts[0].startswith('Peace and')
+    p.write_bytes('caf\xe9'.encode('latin-1'))
+    with pytest.raises(ConfigError, match='is not UTF-8 text .*offset 3'):
+        sample.main(SampleConfig(ckpt=trained.out_dir + '/gpt.pt', prompt=f'FILE:{p}', device='cpu'))
 
 
 def test_eval_reports(trained, tmp_path):
