@@ -33,7 +33,8 @@ class BackboneConfig:
 
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) * weight, through torch's `F.rms_norm` (torch >= 2.4; one fused kernel
-    on CUDA, a few kernels on CPU, as torch writes it there; a four-op fallback before 2.4)."""
+    on CUDA, a few kernels on CPU, as torch writes it there; a four-op fallback before 2.4). Training
+    in float32 eager on a CPU takes `_CPURMSNorm`, the same forward with a cheaper backward."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -41,13 +42,41 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
+        if (_HAS_FUSED_RMS_NORM and x.device.type == 'cpu' and x.dtype == torch.float32 and torch.is_grad_enabled()
+                and (x.requires_grad or self.weight.requires_grad) and not torch.compiler.is_compiling()):
+            return _CPURMSNorm.apply(x, self.weight, self.eps)
         if _HAS_RMS_NORM:  # under bf16 autocast x may be bf16: the fused kernel wants one dtype
             return F.rms_norm(x, self.weight.shape, self.weight.to(x.dtype), self.eps)
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
+class _CPURMSNorm(torch.autograd.Function):
+    """RMSNorm for float32 CPU training. On a CPU torch differentiates `F.rms_norm` op by op (about ten
+    kernels); here the forward is the same kernel, which also returns 1/rms, and the backward is torch's
+    one-kernel LayerNorm backward with the mean set to 0 (so its x^ is x/rms and its weight gradient is
+    RMSNorm's) plus the one term LayerNorm's centring takes away, rstd * mean(dy * weight): a
+    matrix-vector product. Tested against autograd through `F.rms_norm` (tests/test_backbone.py)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        y, rstd = torch._fused_rms_norm(x, [x.shape[-1]], weight, eps)          # (..., d), (..., 1)
+        ctx.save_for_backward(x, weight, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, rstd = ctx.saved_tensors
+        dx, dw, _ = torch.ops.aten.native_layer_norm_backward(
+            dy, x, [x.shape[-1]], torch.zeros_like(rstd), rstd, weight, None,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
+        if dx is not None:
+            dx.add_(rstd * (dy @ weight).unsqueeze(-1), alpha=1 / x.shape[-1])    # (..., d) += (..., 1)
+        return dx, dw, None
+
+
 _HAS_RMS_NORM = hasattr(F, 'rms_norm')
+_HAS_FUSED_RMS_NORM = hasattr(torch, '_fused_rms_norm')  # torch's kernel behind F.rms_norm, with 1/rms
 
 
 class SwiGLU(nn.Module):

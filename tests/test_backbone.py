@@ -131,3 +131,43 @@ def test_rms_norm_matches_its_definition():
     nn.init.normal_(norm.weight, generator=g)
     x = torch.randn(3, 16, generator=g) * 5
     torch.testing.assert_close(norm(x), x / (x.pow(2).mean(-1, keepdim=True) + 1e-6).sqrt() * norm.weight)
+
+
+@pytest.mark.skipif(not hasattr(torch, '_fused_rms_norm'), reason="this torch has no _fused_rms_norm")
+@given(shape=st.sampled_from([(5, 16), (2, 3, 24), (1, 1, 8), (4, 2, 3, 32)]), transposed=st.booleans(),
+       grads=st.sampled_from([(True, True), (True, False), (False, True)]), seed=st.integers(0, 2**16))
+@settings(max_examples=40, deadline=None)
+def test_cpu_training_rms_norm_has_the_gradients_of_its_definition(shape, transposed, grads, seed):
+    """The float32 CPU training path (`_CPURMSNorm`: LayerNorm's backward kernel at mean 0 plus the
+    centring term) gives the output and the gradients of x / rms(x) * w differentiated by autograd in
+    float64, for any leading shape, a non-contiguous x, and either input frozen."""
+    g = torch.Generator().manual_seed(seed)
+    d = shape[-1]
+    x64 = torch.randn(*shape, generator=g, dtype=torch.float64) * 3
+    if transposed and len(shape) > 2:                            # a non-contiguous view, as attention outputs are
+        x64 = x64.transpose(0, -2).contiguous().transpose(0, -2)
+    w64 = 1 + 0.5 * torch.randn(d, generator=g, dtype=torch.float64)
+    dy64 = torch.randn(*shape, generator=g, dtype=torch.float64)
+    norm = RMSNorm(d)
+    norm.weight.data.copy_(w64)
+    norm.weight.requires_grad_(grads[1])
+    x = x64.float().requires_grad_(grads[0])
+    y = norm(x)
+    assert type(y.grad_fn).__name__ == '_CPURMSNormBackward'      # the fast path is the one under test
+    y.backward(dy64.float())
+    xr, wr = x64.clone().requires_grad_(grads[0]), w64.clone().requires_grad_(grads[1])
+    yr = xr / (xr.pow(2).mean(-1, keepdim=True) + 1e-6).sqrt() * wr
+    yr.backward(dy64)
+    torch.testing.assert_close(y.double(), yr, rtol=1e-5, atol=1e-5)
+    for mine, ref, on in ((x.grad, xr.grad, grads[0]), (norm.weight.grad, wr.grad, grads[1])):
+        if on:
+            torch.testing.assert_close(mine.double(), ref, rtol=1e-4, atol=1e-4)
+        else:
+            assert mine is None
+
+
+def test_rms_norm_takes_torch_path_where_the_cpu_function_does_not_apply():
+    norm, x = RMSNorm(8), torch.randn(3, 8)
+    with torch.no_grad():
+        assert norm(x).grad_fn is None                           # inference: torch's kernel, no autograd node
+    assert type(norm(x.bfloat16()).grad_fn).__name__ != '_CPURMSNormBackward'   # bf16 input: F.rms_norm
