@@ -96,10 +96,11 @@ def check_resume(cfg: TrainConfig, ckpt: dict):
         raise ConfigError(f"--resume: the checkpoint is at step {ckpt['step']}, beyond --{flag}={max_iters}; a run "
                           f"cannot resume backwards. Pass --{flag} >= {ckpt['step']}, or start anew with --overwrite=true")
     if cfg.model == 'calm':                                   # the autoencoder it was trained with, unchanged
-        ae_path = cfg.ae_ckpt_path
-        why = ('is missing' if not ae_path.is_file() else
-               'has changed since (retrained or replaced: its hash differs)'
-               if load_checkpoint(ae_path, ('ae',)).get('hash') != ckpt.get('ae_hash') else '')
+        ae_path, why = cfg.ae_ckpt_path, ''
+        if not ae_path.is_file():
+            why = 'is missing'
+        elif load_checkpoint(ae_path, ('ae',)).get('hash') != ckpt.get('ae_hash'):
+            why = 'has changed since (retrained or replaced: its hash differs)'
         if why:
             raise ConfigError(f"--resume: the autoencoder this CALM run was trained with, {ae_path}, {why}. Put "
                               f"it back there, or start CALM anew with --overwrite=true")
