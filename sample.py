@@ -30,7 +30,7 @@ def main(cfg: SampleConfig) -> list[str]:
     sampler = cfg.make_sampler()
     text = cfg.prompt
     if text.startswith('FILE:'):
-        path = Path(text[5:])
+        path = Path(text[5:]).expanduser()
         if not path.is_file():
             raise ConfigError(f"--prompt=FILE:{path}: no such file")
         try:

@@ -16,6 +16,7 @@ import io
 from dataclasses import dataclass, fields
 from pathlib import Path
 import math
+import os
 import sys
 import textwrap
 import tokenize
@@ -78,6 +79,12 @@ def _unknown(key: str, valid: list[str]) -> ConfigError:
     return ConfigError(f"unknown option --{key}{hint}. Valid options: " + ', '.join(sorted(valid)))
 
 
+# flags that name files or folders (comma-separated for some): a leading ~ is the home folder, since
+# a shell does not expand it after '--key='
+PATH_FLAGS = frozenset({'out_dir', 'dataset', 'tokenizer', 'data_dir', 'ae_ckpt', 'ckpt', 'data', 'out', 'preset',
+                        'plot', 'also', 'runs', 'calm', 'gpt'})
+
+
 def parse_args(argv: list[str], cls):
     """Build a `cls` config from preset files and `--key=value` flags, then validate it."""
     hints = get_type_hints(cls)
@@ -94,9 +101,11 @@ def parse_args(argv: list[str], cls):
         key = key.replace('-', '_')
         if key not in hints:
             raise _unknown(key, valid)
+        if key in PATH_FLAGS:                                 # '~' as a shell would have expanded it
+            text = ','.join(os.path.expanduser(t) for t in text.split(','))
         flags[key] = _coerce(key, text, hints[key])
     for arg in [a for a in argv if not a.startswith('--')]:   # presets first, in order ...
-        values.update(load_preset(arg, cls))
+        values.update(load_preset(os.path.expanduser(arg), cls))
     values.update(flags)                                      # ... then flags, wherever they stand
     cfg = cls(**values)
     cfg.validate()

@@ -133,3 +133,17 @@ def test_help_shows_each_options_comment_and_group_headings():
         '  --c=0.5',
         '  --d=False                        a comment at another column',
     ]
+
+
+def test_a_leading_tilde_in_a_path_flag_is_the_home_folder(monkeypatch, tmp_path):
+    """A shell leaves `--out_dir=~/x` alone; the parser expands the ~ of path flags (each item of a
+    comma-separated list) as the shell would have, and leaves every other flag's text as it is."""
+    monkeypatch.setenv('HOME', str(tmp_path))
+    cfg = parse_args(['--out_dir=~/runs', '--dataset=~/corpus.txt', '--data_dir=data~cache'], TrainConfig)
+    assert (cfg.out_dir, cfg.dataset, cfg.data_dir) == (f'{tmp_path}/runs', f'{tmp_path}/corpus.txt', 'data~cache')
+    s = parse_args(['--ckpt=~/calm.pt', '--prompt=~not a path'], SampleConfig)
+    assert s.ckpt == f'{tmp_path}/calm.pt' and s.prompt == '~not a path'
+    from experiments.learning_curves import Config as Curves
+    assert parse_args(['--runs=~/a,b,~/c'], Curves).runs == f'{tmp_path}/a,b,{tmp_path}/c'
+    (tmp_path / 'p.py').write_text('n_layer = 3\n')
+    assert parse_args(['~/p.py'], TrainConfig).n_layer == 3          # a preset's path too
