@@ -65,6 +65,7 @@ class _CPURMSNorm(torch.autograd.Function):
         return y
 
     @staticmethod
+    @torch.autograd.function.once_differentiable      # a second derivative would miss d(rstd)/dx: refuse it
     def backward(ctx, dy):
         x, weight, rstd = ctx.saved_tensors
         dx, dw, _ = torch.ops.aten.native_layer_norm_backward(

@@ -166,6 +166,14 @@ def test_cpu_training_rms_norm_has_the_gradients_of_its_definition(shape, transp
             assert mine is None
 
 
+@pytest.mark.skipif(not hasattr(torch, '_fused_rms_norm'), reason="this torch has no _fused_rms_norm")
+def test_cpu_training_rms_norm_refuses_a_second_derivative():
+    x = torch.randn(3, 8, requires_grad=True)
+    (gx,) = torch.autograd.grad(RMSNorm(8)(x).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match='differentiate twice'):
+        gx.sum().backward()
+
+
 def test_rms_norm_takes_torch_path_where_the_cpu_function_does_not_apply():
     norm, x = RMSNorm(8), torch.randn(3, 8)
     with torch.no_grad():
