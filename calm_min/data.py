@@ -238,16 +238,16 @@ def prepare(dataset: str = 'sotu', tokenizer: str = 'bpe', vocab_size: int = 409
             if not bad:
                 return out
             (print if verbose else (lambda *a: None))(f"{bad}: preparing the data again")
+    if tokenizer != 'bpe':                                   # a given tokenizer is checked before anything is written
+        try:
+            tok = Tokenizer.from_config(tokenizer)
+        except (ValueError, OSError) as e:
+            raise DataError(f"--tokenizer: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
     log = print if verbose else (lambda *a, **k: None)
     log(f"preparing {dataset} with tokenizer {tokenizer} into {out} ...")
     if tokenizer == 'bpe':
         tok = train_bpe(iter_documents(dataset, 'train'), vocab_size)
-    else:
-        try:
-            tok = Tokenizer.from_config(tokenizer)
-        except (ValueError, OSError) as e:
-            raise DataError(f"--tokenizer={tokenizer}: {e}") from None
     if tokenizer == 'bpe' and tok.vocab_size < vocab_size:
         log(f"note: --vocab_size={vocab_size}, but the BPE trainer found only {tok.vocab_size} tokens worth "
             f"merging in this corpus: the vocabulary has {tok.vocab_size}")

@@ -81,7 +81,7 @@ class Tokenizer:
         try:
             return Tokenizer.from_str(path.read_text(), kind)
         except ValueError as e:
-            raise ValueError(f"{path} is {e}") from None
+            raise ValueError(f"{path}: {e}") from None
 
     @staticmethod
     def from_config(name: str) -> 'Tokenizer':
