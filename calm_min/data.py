@@ -242,7 +242,7 @@ def prepare(dataset: str = 'sotu', tokenizer: str = 'bpe', vocab_size: int = 409
         try:
             tok = Tokenizer.from_config(tokenizer)
         except (ValueError, OSError) as e:
-            raise DataError(f"--tokenizer: {e}") from None
+            raise DataError(f"--tokenizer={tokenizer}: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
     log = print if verbose else (lambda *a, **k: None)
     log(f"preparing {dataset} with tokenizer {tokenizer} into {out} ...")

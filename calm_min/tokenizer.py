@@ -88,7 +88,9 @@ class Tokenizer:
         """'bytes', or a path to an existing tokenizer.json. ('bpe' is trained: `train_bpe`.)"""
         if name == 'bytes':
             return Tokenizer('bytes')
-        return Tokenizer.load(Path(name))
+        if not Path(name).is_file():
+            raise FileNotFoundError(f"tokenizer file {name} not found")
+        return Tokenizer.from_str(Path(name).read_text(), 'file')   # errors say what is wrong; callers name the file
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:

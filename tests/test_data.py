@@ -44,7 +44,7 @@ def test_user_tokenizer_file(tmp_path, small_bpe):
         Tokenizer.from_config(str(tmp_path / 'bad.json'))
     from tokenizers import Tokenizer as HFTokenizer, models
     HFTokenizer(models.WordLevel({'a': 0, '[UNK]': 1}, unk_token='[UNK]')).save(str(tmp_path / 'no_eot.json'))
-    with pytest.raises(DataError, match=r'^--tokenizer: .*no_eot.json: the tokenizer has no end-of-text token'):
+    with pytest.raises(DataError, match=r'^--tokenizer=.*no_eot.json: the tokenizer has no end-of-text token'):
         prepare('sotu', str(tmp_path / 'no_eot.json'), 0, str(tmp_path / 'cache'))
     assert not (tmp_path / 'cache').exists()                # refused before anything is written
 
