@@ -16,6 +16,7 @@ Run it alone with `python -m calm_min.data --dataset=... --tokenizer=...`.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import itertools
 import json
@@ -227,24 +228,58 @@ def prepare(dataset: str = 'sotu', tokenizer: str = 'bpe', vocab_size: int = 409
         raise DataError(f"--data_dir={data_dir} is a file, not a folder: choose a folder for the prepared data")
     out = prepared_dir(dataset, tokenizer, vocab_size, data_dir)
     fp = _fingerprint(dataset, tokenizer, vocab_size)
-    meta_path = out / 'meta.json'
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError:
-            meta = {}
-        if meta.get('fingerprint') == fp:
-            bad = _damaged(out, meta)
-            if not bad:
-                return out
-            (print if verbose else (lambda *a: None))(f"{bad}: preparing the data again")
+    log = print if verbose else (lambda *a, **k: None)
+    if _is_prepared(out, fp, log):
+        return out
+    tok = None
     if tokenizer != 'bpe':                                   # a given tokenizer is checked before anything is written
         try:
             tok = Tokenizer.from_config(tokenizer)
         except (ValueError, OSError) as e:
             raise DataError(f"--tokenizer={tokenizer}: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
-    log = print if verbose else (lambda *a, **k: None)
+    with _one_at_a_time(out.with_name(out.name + '.lock'), log):
+        if not _is_prepared(out, fp, lambda *a, **k: None):   # another process may have prepared it meanwhile
+            _write_prepared(out, fp, dataset, tokenizer, vocab_size, tok, log)
+    return out
+
+
+def _is_prepared(out: Path, fp: dict, log) -> bool:
+    """meta.json is there, for these sources and settings, and every file it records is intact."""
+    try:
+        meta = json.loads((out / 'meta.json').read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if meta.get('fingerprint') != fp:
+        return False
+    bad = _damaged(out, meta)
+    if bad:
+        log(f"{bad}: preparing the data again")
+    return not bad
+
+
+@contextlib.contextmanager
+def _one_at_a_time(lock_path: Path, log):
+    """An exclusive lock on `lock_path` (released when the process ends, however it ends), so that two
+    runs started together on a fresh cache prepare it once. Where the OS or the folder allows no lock
+    (no fcntl, a read-only cache), nothing is locked."""
+    try:
+        import fcntl
+        f = open(lock_path, 'a')
+    except (ImportError, OSError):
+        yield
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another process that is preparing {lock_path.with_suffix('')} ...")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _write_prepared(out: Path, fp: dict, dataset: str, tokenizer: str, vocab_size: int, tok, log):
+    """Tokenize every split into `out` (tokenizer.json, {split}.bin/.idx, then meta.json last)."""
     log(f"preparing {dataset} with tokenizer {tokenizer} into {out} ...")
     if tokenizer == 'bpe':
         tok = train_bpe(iter_documents(dataset, 'train'), vocab_size)
@@ -289,8 +324,7 @@ def prepare(dataset: str = 'sotu', tokenizer: str = 'bpe', vocab_size: int = 409
             'splits': splits}
     tmp = out / 'meta.json.tmp'
     tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, meta_path)
-    return out
+    os.replace(tmp, out / 'meta.json')
 
 
 def _sha256(path: Path) -> str:

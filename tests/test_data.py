@@ -1,13 +1,16 @@
 import json
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from calm_min.data import ChunkIndex, Corpus, DataError, _equal_pieces, eval_blocks, lm_batch, prepare
+from calm_min.data import ChunkIndex, Corpus, DataError, _equal_pieces, eval_blocks, lm_batch, prepare, prepared_dir
 from calm_min.tokenizer import Tokenizer, train_bpe
-from conftest import make_docs
+from conftest import ROOT, make_docs
 
 
 @given(st.text(max_size=200))
@@ -154,3 +157,25 @@ def test_eval_blocks():
     assert eval_blocks(toks, 10).shape == (10, 10)
     b = eval_blocks(toks, 10, max_blocks=3)
     assert b.shape == (3, 10) and b[0, 0] == 0 and b[-1, 0] == 90 and (b.diff(dim=1) == 1).all()
+
+
+@pytest.mark.skipif(sys.platform == 'win32', reason='no fcntl locks')
+def test_a_second_preparation_waits_for_the_first(tmp_path, corpus_jsonl):
+    """Two runs started together on a fresh cache: the second waits on the first's lock instead of
+    writing the same .tmp files (a race that crashed one run), then finds the data prepared."""
+    import fcntl
+    out = prepared_dir(str(corpus_jsonl), 'bytes', 0, str(tmp_path / 'cache'))
+    out.parent.mkdir(parents=True)
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from calm_min.data import prepare; "
+            f"prepare({str(corpus_jsonl)!r}, 'bytes', 0, {str(tmp_path / 'cache')!r})")
+    with open(out.with_name(out.name + '.lock'), 'a') as held:        # the first run, mid-preparation
+        fcntl.flock(held, fcntl.LOCK_EX)
+        p = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
+        first = p.stdout.readline()
+        assert first.startswith('waiting for another process that is preparing') and p.poll() is None
+        assert not (out / 'meta.json').exists()
+        done = prepare(str(corpus_jsonl), 'bytes', 0, str(tmp_path / 'other'), verbose=False)
+        shutil.copytree(done, out, dirs_exist_ok=True)  # the first run's work, finished
+    rest = p.communicate(timeout=120)[0]
+    assert p.returncode == 0 and 'preparing' not in rest                  # found it done, did not redo it
+    Corpus(out)
