@@ -30,7 +30,7 @@ from calm_min.config import ConfigError, EvalConfig, run_cli
 from calm_min.data import ChunkIndex, DataError, eval_blocks, load_corpus, tokenize_text
 from calm_min.device import pick_device
 from calm_min.tokenizer import Tokenizer
-from train import check_writable
+from train import check_output_file
 
 NOISE_LEVELS = (0.1, 0.2, 0.3, 0.5, 1.0)
 
@@ -175,19 +175,9 @@ def main(cfg: EvalConfig) -> dict:
 
 
 def check_report_path(out: str):
-    """Before any work: --out (if given) can be written, and writing it replaces at most an earlier
-    report (a JSON object), never a checkpoint or any other file."""
-    if not out:
-        return
-    p = Path(out)
-    check_writable(p.resolve().parent, 'out')
-    if p.is_dir():
-        raise ConfigError(f"--out={out} is a folder: give a file name, e.g. --out={p / 'report.json'}")
-    if p.is_file() and p.stat().st_size:
-        with open(p, 'rb') as f:
-            if f.read(64).lstrip()[:1] != b'{':
-                raise ConfigError(f"--out={out} exists and is not a JSON report (a checkpoint? data?): it would be "
-                                  f"overwritten; choose another file")
+    """Before any work: --out (if given) can be written, replacing at most an earlier report."""
+    if out:
+        check_output_file(out, 'out', 'a JSON report (a checkpoint? data?)', (b'{',), 'report.json')
 
 
 def print_report(report: dict, out: str = '') -> dict:

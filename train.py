@@ -122,6 +122,21 @@ def check_writable(folder: Path, flag: str):
         raise ConfigError(f"--{flag}={folder} cannot be written ({p} is not a writable folder): choose another")
 
 
+def check_output_file(path: str, flag: str, kind: str, starts: tuple[bytes, ...], example: str):
+    """Before any work: --flag=path can be written, and writing it replaces at most an earlier file of
+    its kind (one whose first bytes, after whitespace, begin with one of `starts`), never a checkpoint
+    or any other file; else a ConfigError naming the flag."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"--{flag}={path} is a folder: give a file name, e.g. --{flag}={p / example}")
+    check_writable(p.resolve().parent, flag)
+    if p.is_file() and p.stat().st_size:
+        with open(p, 'rb') as f:
+            if not f.read(64).lstrip().startswith(starts):
+                raise ConfigError(f"--{flag}={path} exists and is not {kind}: it would be overwritten; "
+                                  f"choose another file")
+
+
 def check_output(cfg: TrainConfig):
     """Before any training: the run may write (or resume) cfg.ckpt_path."""
     check_writable(cfg.ckpt_path.parent, 'out_dir')

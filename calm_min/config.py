@@ -79,14 +79,9 @@ def _unknown(key: str, valid: list[str]) -> ConfigError:
     return ConfigError(f"unknown option --{key}{hint}. Valid options: " + ', '.join(sorted(valid)))
 
 
-# flags that name files or folders (comma-separated for some): a leading ~ is the home folder, since
-# a shell does not expand it after '--key='
-PATH_FLAGS = frozenset({'out_dir', 'dataset', 'tokenizer', 'data_dir', 'ae_ckpt', 'ckpt', 'data', 'out', 'preset',
-                        'plot', 'also', 'runs', 'calm', 'gpt'})
-
-
 def parse_args(argv: list[str], cls):
-    """Build a `cls` config from preset files and `--key=value` flags, then validate it."""
+    """Build a `cls` config from preset files and `--key=value` flags, then validate it. The flags a
+    class names in `path_fields` (files or folders, some comma-separated) have a leading ~ expanded."""
     hints = get_type_hints(cls)
     valid = [f.name for f in fields(cls)]
     values: dict = {}
@@ -101,8 +96,8 @@ def parse_args(argv: list[str], cls):
         key = key.replace('-', '_')
         if key not in hints:
             raise _unknown(key, valid)
-        if key in PATH_FLAGS:                                 # '~' as a shell would have expanded it
-            text = ','.join(os.path.expanduser(t) for t in text.split(','))
+        if key in getattr(cls, 'path_fields', ()):            # '~' as a shell would have expanded it,
+            text = ','.join(os.path.expanduser(t) for t in text.split(','))   # which it does not after '--key='
         flags[key] = _coerce(key, text, hints[key])
     for arg in [a for a in argv if not a.startswith('--')]:   # presets first, in order ...
         values.update(load_preset(os.path.expanduser(arg), cls))
@@ -230,6 +225,7 @@ def _choice(cfg, name, options):
 
 @dataclass
 class TrainConfig:
+    path_fields = ('out_dir', 'dataset', 'tokenizer', 'data_dir', 'ae_ckpt')  # not an option: the flags naming paths
     # what to train: 'gpt' (discrete baseline), 'ae' (stage 1), 'calm' (stage 2)
     model: str = 'gpt'
     out_dir: str = 'out'               # checkpoints are {out_dir}/{model}.pt, logs {out_dir}/{model}.jsonl
@@ -367,6 +363,7 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
+    path_fields = ('ckpt',)  # not an option: the flags naming paths
     ckpt: str = 'out/calm.pt'          # a CALM or baseline checkpoint
     prompt: str = '\n'                 # text, or FILE:path to read the prompt from a file
     max_new_tokens: int = 128          # per sample (CALM draws whole chunks and cuts the last)
@@ -399,6 +396,7 @@ class SampleConfig:
 
 @dataclass
 class EvalConfig:
+    path_fields = ('ckpt', 'data', 'out')  # not an option: the flags naming paths
     ckpt: str = 'out/calm.pt'          # a CALM, baseline or autoencoder checkpoint
     split: str = 'val'                 # val, test (Moby Dick for the bundled corpus), train
     data: str = ''                     # any text instead of a split: a .txt file, a folder of .txt, a .jsonl

@@ -122,17 +122,20 @@ def _text_pieces(path: Path, for_splits: bool = False) -> Iterator[str]:
     `for_splits`, a file too short for VAL_EVERY // 2 + 1 such pieces (the fewest that give val one) is
     cut into VAL_EVERY pieces of equal length instead, so that a small file still has a val split."""
     with _open_text(path) as f:
-        head, size, enough = [], 0, (VAL_EVERY // 2 + 1) * PIECE_BYTES if for_splits else 0
-        for line in f:                                    # a small file is read whole first
-            head.append(line)
-            size += len(line)
-            if size >= enough:
-                break
-        if size < enough:
-            yield from _equal_pieces(''.join(head), VAL_EVERY)
-            return
+        lines = f
+        if for_splits:                                    # read up to that much first: is the file small?
+            head, size, enough = [], 0, (VAL_EVERY // 2 + 1) * PIECE_BYTES
+            for line in f:
+                head.append(line)
+                size += len(line)
+                if size >= enough:
+                    break
+            if size < enough:
+                yield from _equal_pieces(''.join(head), VAL_EVERY)
+                return
+            lines = itertools.chain(head, f)
         buf, size = [], 0
-        for line in itertools.chain(head, f):
+        for line in lines:
             buf.append(line)
             size += len(line)
             if size >= PIECE_BYTES:
@@ -238,7 +241,7 @@ def prepare(dataset: str = 'sotu', tokenizer: str = 'bpe', vocab_size: int = 409
         except (ValueError, OSError) as e:
             raise DataError(f"--tokenizer={tokenizer}: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
-    with _one_at_a_time(out.with_name(out.name + '.lock'), log):
+    with _one_at_a_time(out, log):
         if not _is_prepared(out, fp, lambda *a, **k: None):   # another process may have prepared it meanwhile
             _write_prepared(out, fp, dataset, tokenizer, vocab_size, tok, log)
     return out
@@ -259,13 +262,13 @@ def _is_prepared(out: Path, fp: dict, log) -> bool:
 
 
 @contextlib.contextmanager
-def _one_at_a_time(lock_path: Path, log):
-    """An exclusive lock on `lock_path` (released when the process ends, however it ends), so that two
-    runs started together on a fresh cache prepare it once. Where the OS or the folder allows no lock
-    (no fcntl, a read-only cache), nothing is locked."""
+def _one_at_a_time(out: Path, log):
+    """An exclusive lock on {out}.lock (released when the process ends, however it ends), so that two
+    runs started together on a fresh cache prepare `out` once. Where the OS or the folder allows no
+    lock (no fcntl, a read-only cache), nothing is locked."""
     try:
         import fcntl
-        f = open(lock_path, 'a')
+        f = open(out.with_name(out.name + '.lock'), 'a')
     except (ImportError, OSError):
         yield
         return
@@ -273,7 +276,7 @@ def _one_at_a_time(lock_path: Path, log):
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log(f"waiting for another process that is preparing {lock_path.with_suffix('')} ...")
+            log(f"waiting for another process that is preparing {out} ...")
             fcntl.flock(f, fcntl.LOCK_EX)
         yield
 

@@ -31,6 +31,7 @@ SIZES = {'small': dict(n_layer=2, n_head=2, n_embd=128), 'medium': dict(n_layer=
 
 @dataclasses.dataclass
 class Config:
+    path_fields = ('out_dir',)  # not an option: the flags naming paths
     out_dir: str = 'out/brier_vs_ce'
     train: bool = True
     max_iters: int = 600

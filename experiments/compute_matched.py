@@ -39,6 +39,7 @@ from train import build_model  # noqa: E402
 
 @dataclasses.dataclass
 class Config:
+    path_fields = ('preset', 'out_dir', 'plot', 'also')  # not an option: the flags naming paths
     preset: str = 'config/tiny_bytes.py'   # the recipe (README, "Making CALM learn at small scale"); sizes and steps are set here
     sizes: str = '2x128,4x256'             # backbones, n_layer x n_embd (n_head = n_embd / 64); may recur
     budgets: str = '6e13,3e14'             # training FLOPs for each size's runs (the LM stage)

@@ -40,6 +40,7 @@ from eval import check_report_path, print_report  # noqa: E402
 
 @dataclasses.dataclass
 class Config:
+    path_fields = ('ckpt', 'out')  # not an option: the flags naming paths
     ckpt: str = 'out/tiny/calm.pt'
     val_blocks: int = 64              # validation blocks of the training context length
     train_blocks: int = 1500          # training blocks for the probe and the bank of real chunks

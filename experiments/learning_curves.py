@@ -26,6 +26,7 @@ from experiments.plotting import check_plot_path, pyplot, save  # noqa: E402
 
 @dataclasses.dataclass
 class Config:
+    path_fields = ('runs', 'out')  # not an option: the flags naming paths
     runs: str = ''                     # comma-separated run folders (each holds gpt.jsonl or calm.jsonl)
     labels: str = ''                   # comma-separated labels (default: folder names)
     out: str = 'docs/learning_curves.png'

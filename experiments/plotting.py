@@ -7,20 +7,13 @@ FORMATS = {'.png': (b'\x89PNG',), '.pdf': (b'%PDF',), '.svg': (b'<?xml', b'<svg'
 
 
 def check_plot_path(path: str, flag: str):
-    """Before any work: a plot can be written at `path`, replacing at most an earlier plot of its
-    format, never a checkpoint or any other file (a ConfigError naming --flag otherwise)."""
-    from train import check_writable
-    p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"--{flag}={path} is a folder: give a file name, e.g. --{flag}={p / 'plot.png'}")
-    if p.suffix.lower() not in FORMATS:
+    """Before any work: a plot can be written at `path` (a suffix matplotlib writes), replacing at most
+    an earlier plot of its format, never a checkpoint or any other file."""
+    from train import check_output_file
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS and not Path(path).is_dir():
         raise ConfigError(f"--{flag}={path}: the plot's file name must end in {', '.join(FORMATS)}")
-    check_writable(p.resolve().parent, flag)
-    if p.is_file() and p.stat().st_size:
-        with open(p, 'rb') as f:
-            if not f.read(8).startswith(FORMATS[p.suffix.lower()]):
-                raise ConfigError(f"--{flag}={path} exists and is not a {p.suffix} image: it would be "
-                                  f"overwritten; choose another file")
+    check_output_file(path, flag, f'a {suffix} image', FORMATS.get(suffix, ()), 'plot.png')
 
 
 def pyplot():

@@ -33,6 +33,7 @@ from calm_min.sampling import Sampler  # noqa: E402
 
 @dataclasses.dataclass
 class Config:
+    path_fields = ('calm', 'gpt', 'out_dir')  # not an option: the flags naming paths
     calm: str = 'out/tiny_bytes/calm.pt'       # a CALM checkpoint (this: the quick start's)
     gpt: str = 'out/tiny_bytes_gpt/gpt.pt'     # a baseline on the same tokenizer (the README's command)
     split: str = 'val'
