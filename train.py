@@ -33,7 +33,7 @@ from calm_min.calm import CALM
 from calm_min.checkpoint import (CheckpointError, load_autoencoder, load_checkpoint, save_checkpoint,
                                  state_hash)
 from calm_min.config import ConfigError, TrainConfig, run_cli
-from calm_min.data import ChunkIndex, DataError, eval_blocks, lm_batch, load_corpus
+from calm_min.data import ChunkIndex, DataError, eval_blocks, load_corpus, shifted_batch
 from calm_min.device import autocast, keep_freed_memory, peak_bf16_flops, pick_device, use_compile
 from calm_min.gpt import GPT
 
@@ -288,8 +288,8 @@ def train(cfg: TrainConfig, corpus, dist: Dist) -> dict:
         tokens_per_micro = cfg.batch_size * (cfg.block_size // s * s)
 
         def get_batch(split, g):
-            w = lm_batch(text[split], cfg.batch_size, window, g).to(device)
-            return w[:, :-s], w[:, s:]
+            x, targets = shifted_batch(text[split], cfg.batch_size, window, s, g)
+            return x.to(device), targets.to(device)
 
     # -- logging, evaluation, checkpoints ---------------------------------------------------------
     def record(rec):

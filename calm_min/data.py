@@ -416,6 +416,15 @@ def lm_batch(tokens: np.ndarray, batch_size: int, length: int, generator: torch.
     return torch.from_numpy(np.stack([tokens[o:o + length].astype(np.int64) for o in offsets]))
 
 
+def shifted_batch(tokens: np.ndarray, batch_size: int, window: int, shift: int,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A language model's (x, targets): `lm_batch` windows of `window` tokens, x without their last
+    `shift` tokens and targets without their first, so targets are x moved on by one prediction step
+    (1 token for the baseline, one chunk of K for CALM): (B, window - shift) each."""
+    w = lm_batch(tokens, batch_size, window, generator)                      # (B, window)
+    return w[:, :-shift], w[:, shift:]
+
+
 class ChunkIndex:
     """Chunks of K tokens with every document starting on a chunk boundary (docs/method.md section 2): the tail
     of each document (which ends in end-of-text) is padded with end-of-text to a multiple of K."""

@@ -119,16 +119,22 @@ def exact_temperature_sample(draw: Callable[[int], torch.Tensor], temperature: f
         if not bool((xs == xs[0]).all()):
             continue                                                           # not all equal: start over
         x = xs[0]
-        if a == 0.0:
-            return x, used
-        i = 1
-        while True:                                                            # Bernoulli factory for P(x)^a
-            if bool((take(1)[0] == x).all()):
-                return x, used
-            u = torch.rand((), generator=generator, device=generator.device if generator else 'cpu')
-            if float(u) < a / i:
-                break                                                          # reject: back to stage 1
-            i += 1
+        if a == 0.0 or bernoulli_power(lambda: bool((take(1)[0] == x).all()), a, generator):
+            return x, used                                                     # else: back to stage 1
+
+
+def bernoulli_power(coin: Callable[[], bool], a: float, generator: torch.Generator | None = None) -> bool:
+    """The Bernoulli factory of Algorithm 1: from a coin that shows True with an unknown probability p,
+    True with probability p^a, a in (0, 1). Round i = 1, 2, ...: toss the coin, True ends in True;
+    otherwise end in False with probability a / i."""
+    i = 1
+    while True:
+        if coin():
+            return True
+        u = torch.rand((), generator=generator, device=generator.device if generator else 'cpu')
+        if float(u) < a / i:
+            return False
+        i += 1
 
 
 def expected_draws(probs: torch.Tensor, temperature: float) -> float:

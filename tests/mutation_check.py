@@ -1,37 +1,102 @@
-"""Plants each bug that tests/test_guards.py and tests/test_extensions.py exist for, and one that
-tests/test_backbone.py's RMSNorm test exists for, one at a time, runs those files, and restores the
-code: every line must say CAUGHT. Run from the repository root:
+"""Plants plausible bugs in the mathematics and the plumbing, one at a time, runs the tests that exist
+to catch each, and restores the code: every line must say CAUGHT (exit status 1 otherwise). Run from
+the repository root (a few minutes; the slow tier runs it too):
 
-    python tests/mutation_check.py
+    python tests/mutation_check.py            # all of them
+    python tests/mutation_check.py B2 S3      # some, by id
+
+Each entry: id and what the bug is, the file, the exact text replaced, its replacement, the tests.
+A bug no test caught is a test to write: the entries after the first ten came from a sweep that found
+13 such gaps (README, *Testing*).
 """
 import subprocess
 import sys
 
+GUARDS = ['tests/test_guards.py', 'tests/test_extensions.py']
 M = [
- ('1 targets = mu', 'calm_min/calm.py', "return self.ae.sample_latent(mu.float(), log_sigma.float(), self.cfg.n_targets, generator), mu", "return mu.float().expand(self.cfg.n_targets, *mu.shape), mu"),
- ('1b sample_latent = mu', 'calm_min/autoencoder.py', "return mu + log_sigma.exp() * eps", "return mu + 0 * eps"),
- ('2 gpt ignores T', 'calm_min/gpt.py', "T, k = sampler.temperature, sampler.top_k", "T, k = 1.0, sampler.top_k"),
- ('3 weights_only=False', 'calm_min/checkpoint.py', "weights_only=True", "weights_only=False"),
+ # the first ten: each has a test written for it (tests/test_guards.py, tests/test_extensions.py, RMSNorm)
+ ('1 targets = mu', 'calm_min/calm.py', "return self.ae.sample_latent(mu.float(), log_sigma.float(), self.cfg.n_targets, generator), mu", "return mu.float().expand(self.cfg.n_targets, *mu.shape), mu", GUARDS),
+ ('1b sample_latent = mu', 'calm_min/autoencoder.py', "return mu + log_sigma.exp() * eps", "return mu + 0 * eps", GUARDS),
+ ('2 gpt ignores T', 'calm_min/gpt.py', "T, k = sampler.temperature, sampler.top_k", "T, k = 1.0, sampler.top_k", GUARDS),
+ ('3 weights_only=False', 'calm_min/checkpoint.py', "weights_only=True", "weights_only=False", GUARDS),
  ('4 val docs in train', 'calm_min/data.py', "if (i % VAL_EVERY == VAL_EVERY // 2) == (split == 'val'):",
-  "if split == 'train' or i % VAL_EVERY == VAL_EVERY // 2:"),
- ('5 mask_id 0', 'train.py', "cfg.ae_config(vocab_size, mask_id=eot_id)", "cfg.ae_config(vocab_size, mask_id=0)"),
- ('6 fp16 autocast', 'calm_min/device.py', "dtype=torch.bfloat16", "dtype=torch.float16"),
- ('7 accum no divide', 'train.py', "(loss / cfg.grad_accum).backward()", "loss.backward()"),
- ('8 collision prefix', 'calm_min/brierlm.py', "same_prefix = torch.cat([torch.ones_like(a[..., :1]), (a == b).long().cumprod(-1)[..., :-1]], -1)", "same_prefix = (a == b).long().cumprod(-1)"),
- ('9 RMSNorm backward as LayerNorm', 'calm_min/backbone.py', "dx.add_(rstd * (dy @ weight).unsqueeze(-1), alpha=1 / x.shape[-1])", "pass"),
+  "if split == 'train' or i % VAL_EVERY == VAL_EVERY // 2:", GUARDS),
+ ('5 mask_id 0', 'train.py', "cfg.ae_config(vocab_size, mask_id=eot_id)", "cfg.ae_config(vocab_size, mask_id=0)", GUARDS),
+ ('6 fp16 autocast', 'calm_min/device.py', "dtype=torch.bfloat16", "dtype=torch.float16", GUARDS),
+ ('7 accum no divide', 'train.py', "(loss / cfg.grad_accum).backward()", "loss.backward()", GUARDS),
+ ('8 collision prefix', 'calm_min/brierlm.py', "same_prefix = torch.cat([torch.ones_like(a[..., :1]), (a == b).long().cumprod(-1)[..., :-1]], -1)", "same_prefix = (a == b).long().cumprod(-1)", GUARDS),
+ ('9 RMSNorm backward as LayerNorm', 'calm_min/backbone.py', "dx.add_(rstd * (dy @ weight).unsqueeze(-1), alpha=1 / x.shape[-1])", "pass", ['tests/test_backbone.py']),
+ # the energy loss and head
+ ('E1 fidelity weight 1/(NM)', 'calm_min/energy_head.py', "loss = 2.0 / (N * M) * fidelity", "loss = 1.0 / (N * M) * fidelity", ['tests/test_energy.py']),
+ ('E2 diversity over N^2 pairs', 'calm_min/energy_head.py', "diversity / (N * (N - 1))", "diversity / (N * N)", ['tests/test_energy.py']),
+ ('E3 alpha ignored', 'calm_min/energy_head.py', "    if alpha == 1.0:\n        return d", "    if True:\n        return d", ['tests/test_energy.py']),
+ ('E4 diversity against the targets', 'calm_min/energy_head.py', "_pow_dist(torch.cdist(x, x, compute_mode=mode)", "_pow_dist(torch.cdist(x, y[:, :N], compute_mode=mode)", ['tests/test_energy.py']),
+ ('E5 positions mixed', 'calm_min/energy_head.py', "x = samples.reshape(N, -1, D).transpose(0, 1).float()", "x = samples.reshape(-1, N, D).float()", ['tests/test_energy.py']),
+ ('H1 noise U[0, 1]', 'calm_min/energy_head.py', "dtype=h.dtype) - 0.5", "dtype=h.dtype)", ['tests/test_energy.py']),
+ ('H2 condition detached', 'calm_min/energy_head.py', "c = self.cond_norm(self.cond_in(h))", "c = self.cond_norm(self.cond_in(h.detach()))", ['tests/test_interface.py']),
+ ('H3 output layer not zeroed', 'calm_min/energy_head.py', "        nn.init.zeros_(self.final_out.weight)", "        pass", ['tests/test_energy.py']),
+ # CALM
+ ('C1 predicts its own input chunk', 'calm_min/calm.py', "t = self.chunks(targets)                                              # (B, L, K)", "t = self.chunks(x)", ['tests/test_calm.py']),
+ ('C2 prompt padded with 0', 'calm_min/calm.py', "fill = torch.full((prompt.shape[0], pad), self.ae.cfg.mask_id,", "fill = torch.full((prompt.shape[0], pad), 0,", ['tests/test_calm.py']),
+ ('C3 rollouts see their chunk', 'calm_min/calm.py', "h = tree.hidden[:, starts - 1]", "h = tree.hidden[:, starts]", ['tests/test_brierlm.py']),
+ ('C4 K >= 4 samples see their chunk', 'calm_min/calm.py', "h = self.hidden(x)[:, :-1]", "h = self.hidden(x)[:, 1:]", ['tests/test_brierlm.py']),
+ ('C5 targets one chunk early', 'calm_min/calm.py', "'target': x[:, 1:, :NGRAM]}", "'target': x[:, :-1, :NGRAM]}", ['tests/test_brierlm.py']),
+ ('C6 mean_err from one sample', 'calm_min/calm.py', "mean_err = (samples.float().mean(0) - mu.float())", "mean_err = (samples.float()[0] - mu.float())", ['tests/test_calm.py']),
+ # BrierLM
+ ('B1 collisions without the prefix', 'calm_min/brierlm.py', "collide = (sample_a == sample_b).long().cumprod(-1)", "collide = (sample_a == sample_b).long()", ['tests/test_brierlm.py']),
+ ('B2 geometric mean exponent', 'calm_min/brierlm.py', "** (1.0 / NGRAM)", "** (1.0 / (NGRAM - 1))", ['tests/test_brierlm.py']),
+ ('B3 no clamp at 0', 'calm_min/brierlm.py', "math.prod(max(v, 0.0) for v in vals)", "abs(math.prod(v for v in vals))", ['tests/test_brierlm.py']),
+ ('B4 exact Brier with P(y) once', 'calm_min/brierlm.py', "return 2 * probs.gather", "return 1 * probs.gather", ['tests/test_brierlm.py']),
+ ('B5 exact estimator collision twice', 'calm_min/brierlm.py', "return 2 * cont['p_target'] - collision", "return 2 * cont['p_target'] - collision * 2", ['tests/test_brierlm.py']),
+ ('B6 bootstrap divides by all positions', 'calm_min/brierlm.py', "boot = sums[pick].sum(1) / counts[pick].sum(1, keepdim=True)", "boot = sums[pick].sum(1) / counts.sum()", ['tests/test_brierlm.py']),
+ # sampling
+ ('S1 Gumbel noise sign', 'calm_min/sampling.py', "return (logits - torch.log(-torch.log(u))).argmax(-1)", "return (logits + torch.log(-torch.log(u))).argmax(-1)", ['tests/test_sampling.py']),
+ ('S2 top-k drops the k-th', 'calm_min/sampling.py', "logits.masked_fill(logits < kth", "logits.masked_fill(logits <= kth", ['tests/test_sampling.py']),
+ ('S3 Bernoulli factory a/(i+1)', 'calm_min/sampling.py', "if float(u) < a / i:", "if float(u) < a / (i + 1):", ['tests/test_sampling.py']),
+ ('S4 integer stage ceil(1/T)', 'calm_min/sampling.py', "    n = math.floor(inv + 1e-9)\n    a = inv - n if inv - n > 1e-9 else 0.0\n    used = 0",
+  "    n = math.ceil(inv - 1e-9)\n    a = inv - math.floor(inv + 1e-9) if inv - math.floor(inv + 1e-9) > 1e-9 else 0.0\n    used = 0", ['tests/test_sampling.py']),
+ ('S5 Algorithm 2 weight not shared by copies', 'calm_min/sampling.py', "- torch.lgamma((c - md).clamp_min(0) + 1) - c.log()", "- torch.lgamma((c - md).clamp_min(0) + 1)", ['tests/test_sampling.py']),
+ ('S6 Algorithm 2 starts at level n + 1', 'calm_min/sampling.py', "m = count.max(-1, keepdim=True).values.clamp_max(n)", "m = count.max(-1, keepdim=True).values.clamp_max(n + 1)", ['tests/test_sampling.py']),
+ ('S7 expected cost without the factory', 'calm_min/sampling.py', "extra = p.pow(inv - 1).sum() if a > 0 else 0.0", "extra = 0.0", ['tests/test_sampling.py']),
+ # the backbone
+ ('R1 cache mask hides the query itself', 'calm_min/backbone.py', "mask = torch.arange(start + T, device=k.device) <= (start", "mask = torch.arange(start + T, device=k.device) < (start", ['tests/test_backbone.py']),
+ ('R2 attention not causal', 'calm_min/backbone.py', "is_causal = mask is None and T > 1\n", "is_causal = False\n", ['tests/test_backbone.py']),
+ ('R3 rollout sees its target', 'calm_min/backbone.py', "self.ctx_mask = torch.arange(C, device=prefix.device)[None, :] < starts[:, None]", "self.ctx_mask = torch.arange(C, device=prefix.device)[None, :] <= starts[:, None]", ['tests/test_brierlm.py']),
+ ('R4 rollout positions one on', 'calm_min/backbone.py', "pos=self.starts + self.steps - 1, mask=mask)", "pos=self.starts + self.steps, mask=mask)", ['tests/test_brierlm.py']),
+ ('R5 RoPE frequencies', 'calm_min/backbone.py', "inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)", "inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim / 2)", ['tests/test_backbone.py']),
+ ('R6 residual projections not scaled', 'calm_min/backbone.py', "nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))", "pass", ['tests/test_backbone.py']),
+ # the autoencoder
+ ('A1 KL without its 1/2', 'calm_min/autoencoder.py', "kl = 0.5 * (mu.pow(2)", "kl = 1.0 * (mu.pow(2)", ['tests/test_autoencoder.py']),
+ ('A2 KL clipped from above', 'calm_min/autoencoder.py', "clipped = kl.clamp_min(self.cfg.kl_clip)", "clipped = kl.clamp_max(self.cfg.kl_clip)", ['tests/test_autoencoder.py']),
+ ('A3 latent dropout not rescaled', 'calm_min/autoencoder.py', "z = z * keep / (1 - cfg.latent_dropout)", "z = z * keep", ['tests/test_autoencoder.py']),
+ ('A4 token dropout in eval', 'calm_min/autoencoder.py', "if self.training and cfg.token_dropout > 0:", "if cfg.token_dropout > 0:", ['tests/test_autoencoder.py']),
+ ('A5 cross-entropy averaged over K', 'calm_min/autoencoder.py', "ce = ce.view(tokens.shape).sum(-1).mean()", "ce = ce.view(tokens.shape).mean()", ['tests/test_autoencoder.py']),
+ # the baseline's BrierLM terms
+ ('G1 P(y_1..n) without the product', 'calm_min/gpt.py', ".squeeze(-1).cumsum(-1).exp()", ".squeeze(-1).exp()", ['tests/test_brierlm.py']),
+ ('G2 baseline samples see their token', 'calm_min/gpt.py', "step_logits = logits[:, starts - 1]", "step_logits = logits[:, starts]", ['tests/test_brierlm.py']),
+ # data and training
+ ('D1 targets not shifted', 'calm_min/data.py', "return w[:, :-shift], w[:, shift:]", "return w[:, :-shift], w[:, :-shift]", ['tests/test_data.py']),
+ ('D2 train.py trains on (x, x)', 'train.py', "return x.to(device), targets.to(device)", "return x.to(device), x.to(device)",
+  ['tests/test_train.py::test_training_targets_are_the_input_moved_on_by_one_step']),
+ ('D3 chunk padding with id 0', 'calm_min/data.py', "return torch.where(valid, toks, torch.full_like(toks, self.pad_id))", "return torch.where(valid, toks, torch.full_like(toks, 0))", ['tests/test_data.py']),
+ ('D4 the last start never drawn', 'calm_min/data.py', "offsets = torch.randint(len(tokens) - length + 1,", "offsets = torch.randint(len(tokens) - length,", ['tests/test_data.py']),
 ]
-missed = 0
-for name, path, a, b in M:
-    src = open(path).read()
-    assert a in src, (name, a)
-    open(path, 'w').write(src.replace(a, b))
-    try:
-        r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-x', '-p', 'no:cacheprovider', 'tests/test_guards.py', 'tests/test_extensions.py',
-                            'tests/test_backbone.py'],
-                           capture_output=True, text=True)
-        last = [l for l in r.stdout.splitlines() if 'FAILED' in l][:2]
-        print(f"{name}: {'CAUGHT' if r.returncode else 'MISSED'} {last}", flush=True)
-        missed += r.returncode == 0
-    finally:
-        open(path, 'w').write(src)
-sys.exit(1 if missed else 0)
+
+if __name__ == '__main__':
+    only = set(sys.argv[1:])
+    missed = 0
+    for name, path, a, b, tests in M:
+        if only and name.split()[0] not in only:
+            continue
+        src = open(path).read()
+        assert a in src, (name, a)           # every occurrence is replaced
+        open(path, 'w').write(src.replace(a, b))
+        try:
+            r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-x', '-p', 'no:cacheprovider', *tests],
+                               capture_output=True, text=True)
+            last = [l for l in r.stdout.splitlines() if 'FAILED' in l][:1]
+            print(f"{name}: {'CAUGHT' if r.returncode else 'MISSED'} {last}", flush=True)
+            missed += r.returncode == 0
+        finally:
+            open(path, 'w').write(src)
+    sys.exit(1 if missed else 0)

@@ -45,6 +45,47 @@ def test_kl_clip_gradient():
     assert (mu.grad[0] != 0).all()
 
 
+@given(st.integers(0, 10**6))
+@settings(max_examples=10)
+def test_kl_is_the_kl_divergence_to_the_standard_normal(seed):
+    g = torch.Generator().manual_seed(seed)
+    mu, log_sigma = torch.randn(5, 8, generator=g) * 2, torch.randn(5, 8, generator=g)
+    kl, clipped = tiny_ae(kl_clip=0.5).kl_terms(mu, log_sigma)
+    ref = torch.distributions.kl_divergence(torch.distributions.Normal(mu, log_sigma.exp()),
+                                            torch.distributions.Normal(0.0, 1.0))        # (5, 8)
+    torch.testing.assert_close(kl, ref)
+    torch.testing.assert_close(clipped, ref.clamp_min(0.5).sum(-1))
+
+
+def test_loss_is_summed_token_cross_entropy_plus_beta_times_clipped_kl():
+    """docs/method.md section 2: cross-entropy summed over a chunk's K tokens, averaged over chunks."""
+    ae = tiny_ae(kl_beta=0.3).eval()
+    x = torch.randint(37, (6, 4))
+    out, loss = ae(x, generator=torch.Generator().manual_seed(0))
+    ce = torch.nn.functional.cross_entropy(out['logits'].flatten(0, 1), x.flatten(), reduction='none')
+    _, clipped = ae.kl_terms(*ae.encode(x))
+    torch.testing.assert_close(out['ce'], ce.view(6, 4).sum(-1).mean())
+    torch.testing.assert_close(loss, ce.view(6, 4).sum(-1).mean() + 0.3 * clipped.mean())
+
+
+def test_latent_dropout_zeroes_and_rescales():
+    """Inverted dropout on the latent: each coordinate is zeroed with probability p and the kept ones
+    are divided by 1 - p (so the decoder sees the same expected input in training and in eval)."""
+    ae = tiny_ae(token_dropout=0.0, latent_dropout=0.4)
+    seen = []
+    ae.dec_in.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    x = torch.randint(37, (500, 4))
+    ae.eval()
+    ae(x, generator=torch.Generator().manual_seed(1))
+    ae.train()
+    ae(x, generator=torch.Generator().manual_seed(1))          # the same posterior draw, then dropout
+    z, dropped = seen
+    kept = dropped != 0
+    torch.testing.assert_close(dropped[kept], z[kept] / 0.6)
+    frac = 1 - kept.double().mean()                           # 4000 coordinates: SE 0.008, 5 SE allowed
+    assert abs(frac - 0.4) < 5 * (0.4 * 0.6 / 4000) ** 0.5
+
+
 def test_dropout_only_in_training_and_reproducible():
     ae = tiny_ae(token_dropout=0.5, latent_dropout=0.5)
     x = torch.randint(37, (64, 4))

@@ -64,19 +64,30 @@ def test_ranges_and_clamp():
     confident_wrong = brier_estimate(t + 10, t + 10, t)            # agree with each other, never the target
     assert (confident_wrong == -1).all() and brierlm(confident_wrong.mean(0)) == 0
     assert brierlm([0.5, 0.4, -0.1, 0.2]) == 0
+    assert brierlm([0.8, 0.4, 0.2, 0.1]) == pytest.approx(100 * 0.0064 ** 0.25)   # the geometric mean
+    assert brierlm([0.3] * 4) == pytest.approx(30.0)
     with pytest.raises(ValueError, match='Brier-1..4'):
         brierlm([0.5, 0.4])
     with pytest.raises(ValueError, match='share one'):
         brier_estimate(t, t[:, :3], t)
 
 
-def test_summarize_standard_errors():
+@pytest.mark.parametrize('sizes', ['equal', 'unequal'])
+def test_summarize_standard_errors(sizes):
+    """Independent Bernoulli estimates in blocks: the block bootstrap's standard error of each mean is
+    the plain sqrt(p (1-p) / n), within 25% (400 replicates: the SE's own sampling error is ~4%). Blocks
+    of 1 to 39 positions check that a replicate's mean divides by its own positions, not by n."""
     g = torch.Generator().manual_seed(0)
     est = (torch.rand(4000, 4, generator=g) < torch.tensor([0.5, 0.3, 0.2, 0.1])).double()
-    out = summarize(est, torch.arange(4000) // 10, n_boot=400)
-    assert out['positions'] == 4000 and out['blocks'] == 400
-    # bootstrap SE of a Bernoulli mean: sqrt(p (1-p) / n), within 25%
-    assert out['brier1_se'] == pytest.approx(math.sqrt(0.25 / 4000), rel=0.25)
+    if sizes == 'equal':
+        groups = torch.arange(4000) // 10
+    else:
+        groups = torch.arange(400).repeat_interleave(torch.arange(400) % 39 + 1)[:4000]
+    out = summarize(est, groups, n_boot=400)
+    assert out['positions'] == 4000 and out['blocks'] == int(groups.max()) + 1
+    for n, p in enumerate([0.5, 0.3, 0.2, 0.1], 1):
+        assert out[f'brier{n}'] == pytest.approx(float(est[:, n - 1].mean()))
+        assert out[f'brier{n}_se'] == pytest.approx(math.sqrt(p * (1 - p) / 4000), rel=0.25)
     assert out['brierlm'] == pytest.approx(brierlm([out[f'brier{n}'] for n in range(1, 5)]))
 
 
@@ -161,3 +172,34 @@ def test_calm_fast_path_equals_one_chunk_rollout():
     toks, _ = model.rollouts(torch.cat([x, x]), torch.arange(1, 6), 1, generator=torch.Generator().manual_seed(3))
     slow = brier_estimate(toks[:3].flatten(0, 1), toks[3:].flatten(0, 1), x[:, 1:].flatten(0, 1)).view(3, 5, 4)
     assert torch.equal(fast, slow)
+    # the samples themselves, not only the estimates (with rare hits, unequal samples mostly score alike)
+    samples = model.continuations(blocks, generator=torch.Generator().manual_seed(3))['samples']   # (2, 3, 5, 4)
+    assert torch.equal(samples, toks.unflatten(0, (2, 3)))
+
+
+@pytest.mark.parametrize('kind', ['gpt', 'calm K=4', 'calm K=2'])
+def test_continuations_see_only_the_past(kind):
+    """BrierLM's samples at a scored position must not depend on the tokens they are scored against:
+    with one generator, changing the tokens from position j on leaves every sample whose context ends
+    at or before j as it was, and changes the targets there."""
+    if kind == 'gpt':
+        torch.manual_seed(0)
+        model, K = GPT(GPTConfig(vocab_size=40, backbone=BackboneConfig(n_layer=2, n_head=2, n_embd=32))).eval(), 1
+        starts = torch.arange(4, 21, 4)                                   # token positions scored
+    else:
+        K = int(kind[-1])
+        model = tiny_calm(K=K)
+        starts = torch.arange(1, 24 // K - (4 // K) + 1) * K              # chunk positions, in tokens
+    with torch.no_grad():                                 # so that the samples depend on the context:
+        model.tok_emb.weight.mul_(50)                     # at init they barely do, and a leak could hide
+    blocks = torch.randint(40, (3, 24), generator=torch.Generator().manual_seed(1))
+    before = model.continuations(blocks, generator=torch.Generator().manual_seed(2))
+    j = 12
+    changed = blocks.clone()
+    changed[:, j:] = (changed[:, j:] + 1) % 40
+    after = model.continuations(changed, generator=torch.Generator().manual_seed(2))
+    past = starts <= j
+    assert before['samples'].shape[2] == len(starts) and past.any() and not past.all()
+    assert torch.equal(before['samples'][:, :, past], after['samples'][:, :, past])
+    assert not torch.equal(before['target'][:, past], after['target'][:, past])
+    assert not torch.equal(before['samples'][:, :, ~past], after['samples'][:, :, ~past])

@@ -19,9 +19,18 @@ def tiny_calm(K=4, V=40, l=8, seed=0, random_head=True):
     ae = Autoencoder(AEConfig(vocab_size=V, chunk_size=K, latent_size=l, dim=32, hidden=64))
     model = CALM(CALMConfig(head_blocks=2, noise_size=8, n_targets=10,
                             backbone=BackboneConfig(n_layer=2, n_head=2, n_embd=64)), ae)
-    if random_head:  # the head starts at zero (all samples equal): give it spread for these tests
-        torch.nn.init.normal_(model.head.final_out.weight, std=0.5)
+    if random_head:
+        spread_head(model.head)
     return model.eval()
+
+
+def spread_head(head):
+    """At init every sample of the energy head is equal (zero output layer) and its residual blocks add
+    ~1e-7, so the samples ignore h, and a test could not see the context reach them. Unit-scale weights
+    in every layer make the samples depend on the noise and on h, as a trained head's do."""
+    for m in head.modules():
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=m.in_features ** -0.5)
 
 
 def test_forward_shapes_and_loss():
@@ -31,6 +40,25 @@ def test_forward_shapes_and_loss():
     assert out['samples'].shape == (8, 2, 5, 8) and loss.dim() == 0 and torch.isfinite(loss)
     with pytest.raises(ValueError, match='not a multiple of chunk_size=4'):
         model(torch.randint(40, (2, 23)))
+
+
+def test_mean_err_is_the_distance_of_the_sample_mean_to_the_posterior_mean():
+    model = tiny_calm()
+    x = torch.randint(40, (2, 24))
+    out, _ = model(x[:, :-4], x[:, 4:])
+    mu = model.ae.encode(model.chunks(x[:, 4:]))[0]                          # (2, 5, l)
+    expect = (out['samples'].mean(0) - mu).norm(dim=-1).mean()
+    torch.testing.assert_close(out['mean_err'], expect)
+
+
+def test_prompt_is_left_padded_with_end_of_text_to_whole_chunks():
+    model = tiny_calm()
+    eot = model.ae.cfg.mask_id = 7                                         # the id padding must use
+    for T0, pad in ((6, 2), (8, 0), (1, 3), (0, 4)):
+        prompt = torch.randint(8, 40, (2, T0))
+        out = model.pad_prompt(prompt)
+        assert out.shape == (2, T0 + pad) and torch.equal(out[:, pad:], prompt)
+        assert (out[:, :pad] == eot).all()
 
 
 def test_k_l_and_vocabulary_come_from_the_autoencoder():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from calm_min.data import ChunkIndex, Corpus, DataError, _equal_pieces, eval_blocks, lm_batch, prepare, prepared_dir
+from calm_min.data import ChunkIndex, Corpus, DataError, _equal_pieces, eval_blocks, lm_batch, prepare, prepared_dir, shifted_batch
 from calm_min.tokenizer import Tokenizer, train_bpe
 from conftest import ROOT, make_docs
 
@@ -139,6 +139,19 @@ def test_lm_batch_blocks_are_contiguous():
     assert b.shape == (8, 17) and (b.diff(dim=1) == 1).all()
     with pytest.raises(DataError, match='fewer than one block'):
         lm_batch(toks, 1, 2000)
+    # every start is drawn, the last one (a split of exactly one block) included
+    starts = lm_batch(toks[:19], 400, 17, torch.Generator().manual_seed(0))[:, 0]
+    assert sorted(set(starts.tolist())) == [0, 1, 2]
+    assert torch.equal(lm_batch(toks[:17], 2, 17), torch.arange(17).expand(2, 17))
+
+
+@pytest.mark.parametrize('shift', [1, 4])
+def test_targets_are_the_input_moved_on_by_one_prediction_step(shift):
+    """The baseline predicts the next token (shift 1), CALM the next chunk of K (shift K)."""
+    toks = np.arange(1000, dtype=np.uint16)
+    x, targets = shifted_batch(toks, 8, 64, shift, torch.Generator().manual_seed(0))
+    assert x.shape == targets.shape == (8, 64 - shift)
+    assert (x.diff(dim=1) == 1).all() and torch.equal(targets, x + shift)
 
 
 def test_chunks_start_on_document_boundaries():

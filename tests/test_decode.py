@@ -11,6 +11,7 @@ from calm_min.backbone import BackboneConfig
 from calm_min.calm import CALM, CALMConfig
 from calm_min.gpt import GPT, GPTConfig
 from calm_min.sampling import Sampler
+from test_calm import spread_head
 
 BB = BackboneConfig(n_layer=2, n_head=2, n_embd=64)
 
@@ -20,7 +21,7 @@ def models():
     gpt = GPT(GPTConfig(vocab_size=50, backbone=BB)).eval()
     ae = Autoencoder(AEConfig(vocab_size=50, chunk_size=4, latent_size=16, dim=64, hidden=128, mask_id=49)).eval()
     calm = CALM(CALMConfig(backbone=BB, head_blocks=2), ae).eval()
-    torch.nn.init.normal_(calm.head.final_out.weight, std=0.5)   # samples that differ, as after training
+    spread_head(calm.head)                              # samples that depend on h, as after training
     return gpt, calm
 
 

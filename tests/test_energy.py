@@ -114,3 +114,29 @@ def test_head_learns_a_gaussian_mixture(D):
     ref = mixture(200000)
     assert (s.mean(0) - ref.mean(0)).abs().max() < 0.25
     assert (torch.cov(s.T) - torch.cov(ref.T)).abs().max() < 0.25
+
+
+def test_head_starts_with_every_sample_equal():
+    """The zero-initialised output layer (docs/method.md section 4): at step 0 every sample is the same
+    vector, zero, whatever the noise and the condition, and one gradient step moves the samples apart."""
+    torch.manual_seed(0)
+    head = EnergyHead(32, 8, noise_size=16, n_blocks=2)
+    h = torch.randn(3, 5, 32)
+    s = head(h, 6, torch.Generator().manual_seed(0))                      # (6, 3, 5, 8)
+    assert s.shape == (6, 3, 5, 8) and torch.equal(s, torch.zeros_like(s))
+    energy_loss(s, torch.randn(10, 3, 5, 8)).mean().backward()
+    with torch.no_grad():
+        head.final_out.weight -= 0.1 * head.final_out.weight.grad
+        s = head(h, 6, torch.Generator().manual_seed(0))
+    assert s.std(0).min() > 0
+
+
+def test_head_noise_is_uniform_on_the_centred_unit_cube():
+    """eps ~ U[-0.5, 0.5]^noise_size (docs/method.md section 4): 64000 draws, range and mean and
+    variance (1/12) within 5 standard errors (false-alarm rate about 1e-6 for the two)."""
+    head = EnergyHead(32, 8, noise_size=16, n_blocks=1)
+    eps = head.noise(torch.zeros(100, 32), 40, torch.Generator().manual_seed(0))   # (40, 100, 16)
+    assert eps.shape == (40, 100, 16) and eps.min() >= -0.5 and eps.max() < 0.5
+    n = eps.numel()
+    assert abs(eps.mean()) < 5 * math.sqrt(1 / 12 / n)
+    assert abs(eps.var() - 1 / 12) < 5 * math.sqrt(1 / 180 / n)       # var of (U - 1/2)^2 is 1/180

@@ -42,6 +42,28 @@ def test_resume_equals_uninterrupted(train_cfg, tmp_path, model):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize('model', ['gpt', 'calm'])
+def test_training_targets_are_the_input_moved_on_by_one_step(train_cfg, monkeypatch, model):
+    """What train.py feeds each model: targets of x's shape, x moved on by one token (the baseline: a
+    window of block_size + 1 tokens) or by one chunk of K = 4 tokens (CALM: block_size tokens)."""
+    from calm_min.calm import CALM
+    from calm_min.gpt import GPT
+    cls, shift, length = (GPT, 1, train_cfg.block_size) if model == 'gpt' else (CALM, 4, train_cfg.block_size - 4)
+    seen, forward = [], cls.forward
+
+    def spy(self, x, targets=None, generator=None):
+        if self.training and targets is not None:
+            seen.append((x, targets))
+        return forward(self, x, targets, generator)
+
+    monkeypatch.setattr(cls, 'forward', spy)
+    train.main(dataclasses.replace(train_cfg, model=model, max_iters=2))
+    assert len(seen) == 2
+    for x, targets in seen:
+        assert x.shape == targets.shape == (train_cfg.batch_size, length)
+        assert torch.equal(targets[:, :-shift], x[:, shift:]) and not torch.equal(targets, x)
+
+
 def test_resume_with_another_process_count(train_cfg, capsys):
     """A checkpoint from 2 DDP processes resumed by 1: it continues, with fresh generators and a note."""
     train.main(dataclasses.replace(train_cfg, max_iters=3))
