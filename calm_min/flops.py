@@ -7,7 +7,9 @@ The energy loss's pairwise distances (N (M + N) l multiply-adds per position, vi
 matrix products for FlopCounterMode; they are given apart, as `energy_loss`.
 
 Training FLOPs are 3x the forward FLOPs of the trained parts (the backward pass costs about twice the
-forward) plus 1x for the frozen autoencoder's encoder, which only makes CALM's targets.
+forward) plus 1x for the frozen autoencoder's encoder, which only makes CALM's targets. For CALM the
+3x counts one product that backward never forms, the input gradient of the energy head's first
+layer (its input, the noise, needs none): well under 1% of a step (tests/test_flops.py).
 """
 from __future__ import annotations
 

@@ -45,6 +45,27 @@ def test_calm_parts(K, L, N):
         assert counted(lambda: model.ae.encode(x[0, :1])) == flops.ae_encoder(aec)
 
 
+@pytest.mark.parametrize('K,L,N,M', [(4, 6, 8, 10), (2, 9, 3, 5)])
+def test_calm_training_step(K, L, N, M):
+    """A whole training step, forward and backward, as FlopCounterMode counts it: the analytic
+    'training' figure (3x the trained parts' forward, 1x the frozen encoder that makes the targets)
+    less the attention scores (not counted on CPU, above) and less one product the 3x convention counts
+    but backward never forms: the input gradient of the head's first layer, whose input (the noise)
+    needs none (2 noise_size d per sample; 0.5% of the step here). The energy loss's distances are
+    apart: N M + N N pairs of l-vectors, l multiply-adds each."""
+    aec = AEConfig(vocab_size=40, chunk_size=K, latent_size=8, dim=32, hidden=64)
+    model = CALM(CALMConfig(backbone=BB, head_blocks=2, noise_size=16, n_samples=N, n_targets=M),
+                 Autoencoder(aec)).train()
+    x = torch.randint(40, (1, (L + 1) * K))
+
+    def step():
+        model(x[:, :-K], x[:, K:])[1].backward()
+    f = model.flops_per_token(L * K)
+    not_formed = N * 2 * 16 * BB.n_embd                                      # per position
+    assert counted(step) == L * K * (f['training'] - f['training_parts']['attention_scores']) - L * not_formed
+    assert f['energy_loss'] * K == 2 * (N * M + N * N) * aec.latent_size
+
+
 def test_per_token_figures_add_up():
     aec = AEConfig(vocab_size=1024, chunk_size=4, latent_size=128, dim=256, hidden=512)
     bb = BackboneConfig(n_layer=4, n_head=4, n_embd=256)

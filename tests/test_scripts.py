@@ -121,3 +121,42 @@ def test_eval_any_text(trained, tmp_path, capsys):
     assert 'longer than the 32 tokens the model was trained on' in capsys.readouterr().err  # said, once past it
     with pytest.raises(DataError, match='^--data=.*no such file'):             # names the flag the user gave
         evaluate.main(EvalConfig(ckpt=trained.out_dir + '/gpt.pt', data=str(tmp_path / 'missing.txt'), device='cpu'))
+
+
+def test_weights_changed_after_saving_are_refused(trained, tmp_path):
+    """An autoencoder file whose weights no longer match its recorded hash, and a CALM file whose embedded
+    autoencoder no longer matches its recorded `ae_hash`, are refused at load (one changed number each);
+    the hash covers the tensors' names too."""
+    import torch
+    from calm_min.checkpoint import load_autoencoder, load_checkpoint, load_model, state_hash
+    ae_ck = load_checkpoint(trained.ae_ckpt_path)
+    ae_ck['model']['emb.weight'][0, 0] += 1
+    torch.save(ae_ck, tmp_path / 'ae.pt')
+    with pytest.raises(CheckpointError, match='do not match their recorded hash'):
+        load_autoencoder(tmp_path / 'ae.pt', ae_ck['tokenizer'], ae_ck['model_config']['chunk_size'])
+    calm_ck = load_checkpoint(trained.ckpt_path.with_name('calm.pt'))
+    calm_ck['model']['ae.emb.weight'][0, 0] += 1
+    torch.save(calm_ck, tmp_path / 'calm.pt')
+    with pytest.raises(CheckpointError, match="embedded autoencoder's weights do not match"):
+        load_model(tmp_path / 'calm.pt')
+    sd = load_checkpoint(trained.ae_ckpt_path)['model']
+    renamed = {(k + '_renamed' if k == 'emb.weight' else k): v for k, v in sd.items()}   # same order, same bytes
+    assert state_hash(renamed) != state_hash(sd)
+
+
+def test_a_failed_checkpoint_write_leaves_the_old_file(tmp_path, monkeypatch):
+    """save_checkpoint writes a temporary file and renames it over the old one: a write that dies half
+    way (here torch.save writes part of the file, then raises) leaves the previous checkpoint whole."""
+    import torch
+    from calm_min.checkpoint import save_checkpoint
+    path = tmp_path / 'gpt.pt'
+    save_checkpoint(path, {'kind': 'gpt', 'step': 1})
+    before = path.read_bytes()
+
+    def dies(obj, f, *a, **k):
+        Path(f).write_bytes(before[:100])
+        raise OSError('No space left on device')
+    monkeypatch.setattr(torch, 'save', dies)
+    with pytest.raises(OSError, match='No space'):
+        save_checkpoint(path, {'kind': 'gpt', 'step': 2})
+    assert path.read_bytes() == before

@@ -1,4 +1,5 @@
 import dataclasses
+import math
 import json
 import subprocess
 import sys
@@ -62,6 +63,50 @@ def test_training_targets_are_the_input_moved_on_by_one_step(train_cfg, monkeypa
     for x, targets in seen:
         assert x.shape == targets.shape == (train_cfg.batch_size, length)
         assert torch.equal(targets[:, :-shift], x[:, shift:]) and not torch.equal(targets, x)
+
+
+def test_learning_rate_schedule(train_cfg):
+    """Linear warmup from lr / warmup_iters to lr, then a cosine from lr down to lr * min_lr_ratio at
+    max_iters (or constant)."""
+    cfg = dataclasses.replace(train_cfg, warmup_iters=10, min_lr_ratio=0.1, lr_schedule='cosine')
+    lr = lambda it, c=cfg: train.lr_at(c, it, 2.0, 110)
+    assert [lr(i) for i in (0, 4, 9)] == pytest.approx([0.2, 1.0, 2.0])
+    assert lr(10) == pytest.approx(2.0) and lr(110) == pytest.approx(0.2) and lr(500) == pytest.approx(0.2)
+    assert lr(60) == pytest.approx(2.0 * (0.1 + 0.9 * 0.5))                   # half way: the cosine's middle
+    assert lr(35) == pytest.approx(2.0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))))
+    assert all(lr(i) > lr(i + 1) for i in range(10, 110))
+    const = dataclasses.replace(cfg, lr_schedule='constant')
+    assert lr(0, const) == pytest.approx(0.2) and lr(10, const) == lr(109, const) == 2.0
+
+
+def test_training_clips_validates_on_val_and_skips_an_infinite_gradient(train_cfg, monkeypatch, capsys):
+    """Clipping at --grad_clip (none at 0); the evaluations' loss batches and BrierLM blocks come from
+    the validation split; a step whose gradient norm is infinite (with a finite loss) is skipped."""
+    corpus = train.load_corpus(train_cfg.dataset, train_cfg.tokenizer, train_cfg.vocab_size, train_cfg.data_dir,
+                               verbose=False)
+    n_val, n_train = len(corpus.tokens('val')), len(corpus.tokens('train'))
+    assert n_val != n_train
+    seen = {'clip': [], 'batches': [], 'blocks': []}
+    clip, shifted_batch, eval_blocks = torch.nn.utils.clip_grad_norm_, train.shifted_batch, train.eval_blocks
+
+    def clip_spy(params, max_norm, *a, **k):
+        seen['clip'].append(max_norm)
+        norm = clip(params, max_norm, *a, **k)
+        return norm * math.inf if len(seen['clip']) == 2 else norm            # step 2: an infinite norm
+
+    monkeypatch.setattr(torch.nn.utils, 'clip_grad_norm_', clip_spy)
+    monkeypatch.setattr(train, 'shifted_batch', lambda t, *a: seen['batches'].append(len(t)) or shifted_batch(t, *a))
+    monkeypatch.setattr(train, 'eval_blocks', lambda t, *a: seen['blocks'].append(len(t)) or eval_blocks(t, *a))
+    cfg = dataclasses.replace(train_cfg, model='gpt', max_iters=4, eval_interval=2, eval_iters=2, grad_clip=0.5,
+                              skip_nonfinite=1)
+    res = train.main(cfg)
+    assert seen['clip'] == [0.5] * 4 and len(res['losses']) == 3               # one of 4 steps skipped
+    assert 'non-finite loss or gradient at step 2: step skipped' in capsys.readouterr().out
+    assert seen['batches'] == [n_val] * 2 + [n_train] * 2 + [n_val] * 2 + [n_train] * 2 + [n_val] * 2
+    assert seen['blocks'] == [n_val] * 3                                      # evaluations at steps 0, 2, 4
+    seen['clip'].clear()
+    train.main(dataclasses.replace(cfg, grad_clip=0.0, overwrite=True))
+    assert seen['clip'] == [math.inf] * 4                                     # measured, never clipped
 
 
 def test_resume_with_another_process_count(train_cfg, capsys):
