@@ -6,8 +6,8 @@ the repository root (a few minutes; the slow tier runs it too):
     python tests/mutation_check.py B2 S3      # some, by id
 
 Each entry: id and what the bug is, the file, the exact text replaced, its replacement, the tests.
-A bug no test caught is a test to write: the entries after the first ten came from two sweeps that
-found 30 such gaps (README, *Testing*).
+A bug no test caught is a test to write: the entries after the first ten came from three sweeps
+that found 40 such gaps (README, *Testing*).
 """
 import subprocess
 import sys
@@ -15,6 +15,7 @@ import sys
 GUARDS = ['tests/test_guards.py', 'tests/test_extensions.py']
 TRAIN_LOOP = 'tests/test_train.py::test_training_clips_validates_on_val_and_skips_an_infinite_gradient'
 HASHES = 'tests/test_scripts.py::test_weights_changed_after_saving_are_refused'
+FLAGS = 'tests/test_config.py::test_every_model_flag_reaches_its_model_config'
 M = [
  # the first ten: each has a test written for it (tests/test_guards.py, tests/test_extensions.py, RMSNorm)
  ('1 targets = mu', 'calm_min/calm.py', "return self.ae.sample_latent(mu.float(), log_sigma.float(), self.cfg.n_targets, generator), mu", "return mu.float().expand(self.cfg.n_targets, *mu.shape), mu", GUARDS),
@@ -119,6 +120,22 @@ M = [
  ('GD2 CALM prefill takes the last chunk', 'calm_min/calm.py', "self.hidden(x[:, :-1], cache)                                 # prefill, eager", "self.hidden(x, cache)", ['tests/test_calm.py']),
  ('GD3 static cache advances 2', 'calm_min/backbone.py', "    def advance(self, T: int):\n        self.pos += T", "    def advance(self, T: int):\n        self.pos += 2 * T", ['tests/test_decode.py']),
  ('AX1 auxiliary cross-entropy ignored', 'calm_min/calm.py', "loss = loss + self.cfg.aux_ce * ce", "loss = loss + 0 * ce", ['tests/test_extensions.py']),
+
+ # flags, data, the compute-matched study (a third sweep: 10 of its 14 bugs passed the fast suite at first)
+ ('P1 presets override flags', 'calm_min/config.py', "    values.update(flags)                                      # ... then flags, wherever they stand", "    values = {**flags, **values}", ['tests/test_config.py']),
+ ('P2 --kl_beta dropped', 'calm_min/config.py', "kl_clip=self.kl_clip, kl_beta=self.kl_beta, mask_id=mask_id)", "kl_clip=self.kl_clip, kl_beta=0.001, mask_id=mask_id)", [FLAGS]),
+ ('P3 --kl_clip dropped', 'calm_min/config.py', "kl_clip=self.kl_clip, kl_beta=self.kl_beta, mask_id=mask_id)", "kl_clip=0.5, kl_beta=self.kl_beta, mask_id=mask_id)", [FLAGS]),
+ ('P4 --alpha dropped', 'calm_min/config.py', "alpha=self.alpha, aux_ce=self.aux_ce)", "alpha=1.0, aux_ce=self.aux_ce)", [FLAGS]),
+ ('P5 --rope_theta dropped', 'calm_min/config.py', "ffn_hidden=self.ffn_hidden, rope_theta=self.rope_theta)", "ffn_hidden=self.ffn_hidden, rope_theta=10000.0)", [FLAGS]),
+ ('P6 --token_dropout dropped', 'calm_min/config.py', "token_dropout=self.token_dropout, latent_dropout=self.latent_dropout,", "token_dropout=0.15, latent_dropout=self.latent_dropout,", [FLAGS]),
+ ('P7 --max_draws dropped', 'calm_min/config.py', "num_candidates=self.num_candidates, max_draws=self.max_draws)", "num_candidates=self.num_candidates, max_draws=100_000)", [FLAGS]),
+ ('P8 --noise_size dropped', 'calm_min/config.py', "noise_size=self.noise_size, n_samples=self.n_samples, n_targets=self.n_targets,", "noise_size=64, n_samples=self.n_samples, n_targets=self.n_targets,", [FLAGS]),
+ ('E1 evaluation blocks not spread', 'calm_min/data.py', "np.linspace(0, n - 1, max_blocks).round().astype(int)", "np.arange(max_blocks)", ['tests/test_data.py']),
+ ('CM1 steps ignore the tokens per step', 'experiments/compute_matched.py', "steps = max(1, round(budget / (f['training'] * tokens_per_step)))", "steps = max(1, round(budget / f['training']))", ['tests/test_compute_matched.py']),
+ ('CM2 frontier not a running maximum', 'experiments/compute_matched.py', "        best = max(best, score)\n", "        best = score\n", ['tests/test_compute_matched.py']),
+ ('CM3 interpolation reversed', 'experiments/compute_matched.py', "t = (score - b0) / (b1 - b0)", "t = (b1 - score) / (b1 - b0)", ['tests/test_compute_matched.py']),
+ ('CM4 autoencoder FLOPs per chunk as per token', 'experiments/compute_matched.py', "return ae.flops_per_token()['training'] * ae.cfg.chunk_size * chunks", "return ae.flops_per_token()['training'] * chunks", ['tests/test_compute_matched.py']),
+ ('CM5 parameters include the frozen autoencoder', 'experiments/compute_matched.py', "'params': sum(p.numel() for n, p in model.named_parameters() if not n.startswith('ae.')),", "'params': sum(p.numel() for n, p in model.named_parameters()),", ['tests/test_compute_matched.py']),
 ]
 
 if __name__ == '__main__':

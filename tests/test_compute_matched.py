@@ -107,3 +107,24 @@ def test_plan_names_a_recurring_size_by_budget(tmp_path):
                                          'gpt_2x128', 'calm_2x128']
     assert [any(f.startswith('--ae_ckpt=') for f in r['flags']) for r in runs] == [False, True] * 3
     assert runs[2]['steps'] == pytest.approx(2 * runs[0]['steps'], abs=1)
+    for r in runs:        # steps buy the budget, to the rounding of one step
+        assert abs(r['tokens'] * r['train_flops_per_token'] - r['budget']) <= 0.5 * r['tokens'] / r['steps'] * r['train_flops_per_token']
+
+
+def test_plan_counts_parameters_without_the_frozen_autoencoder_and_its_flops_per_token(tmp_path, train_cfg):
+    """A CALM run's 'params' are the trained ones (the autoencoder is frozen); the autoencoder stage's
+    FLOPs are its per-token training FLOPs times the tokens it read (chunks x K)."""
+    import dataclasses
+    import train
+    from calm_min.checkpoint import load_checkpoint
+    from calm_min.config import TrainConfig, parse_args
+    tcfg = parse_args([str(ROOT / 'config' / 'tiny_bytes.py')], TrainConfig)
+    runs = cm.plan(cm.Config(sizes='2x64', budgets='1e12', out_dir=str(tmp_path)), tcfg, tmp_path / 'ae.pt')
+    ae = train.build_model(dataclasses.replace(tcfg, model='ae'), 257, 256)
+    calm = train.build_model(dataclasses.replace(tcfg, model='calm', n_layer=2, n_embd=64, n_head=1), 257, 256, ae)
+    assert runs[1]['model'] == 'calm' and runs[1]['params'] == sum(p.numel() for p in calm.parameters() if p.requires_grad)
+    res = train.main(dataclasses.replace(train_cfg, model='ae'))
+    ck = load_checkpoint(res['ckpt'])
+    tokens = ck['step'] * train_cfg.ae_batch_size * train_cfg.chunk_size
+    trained_ae = train.build_model(dataclasses.replace(train_cfg, model='ae'), 257, 256)
+    assert cm.ae_train_flops(res['ckpt']) == trained_ae.flops_per_token()['training'] * tokens

@@ -1,3 +1,4 @@
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -147,3 +148,36 @@ def test_a_leading_tilde_in_a_path_flag_is_the_home_folder(monkeypatch, tmp_path
     assert parse_args(['--runs=~/a,b,~/c'], Curves).runs == f'{tmp_path}/a,b,{tmp_path}/c'
     (tmp_path / 'p.py').write_text('n_layer = 3\n')
     assert parse_args(['~/p.py'], TrainConfig).n_layer == 3          # a preset's path too
+
+
+def test_every_model_flag_reaches_its_model_config():
+    """Each field of the model configs comes from its flag (a value no default has, so a flag that
+    is read but dropped shows), and a model config field with no flag here fails the test."""
+    from calm_min.autoencoder import AEConfig
+    from calm_min.backbone import BackboneConfig
+    from calm_min.calm import CALMConfig
+    flags = {'n_layer': 3, 'n_head': 2, 'n_embd': 96, 'ffn_hidden': 160, 'rope_theta': 500.0, 'chunk_size': 2,
+             'latent_size': 12, 'ae_dim': 48, 'ae_hidden': 80, 'ae_blocks': 2, 'token_dropout': 0.05,
+             'latent_dropout': 0.07, 'kl_clip': 0.3, 'kl_beta': 0.02, 'head_blocks': 3, 'noise_size': 24,
+             'n_samples': 5, 'n_targets': 33, 'alpha': 1.5, 'aux_ce': 0.2}
+    cfg = parse_args([f'--{k}={v}' for k, v in flags.items()], TrainConfig)
+    assert all(getattr(TrainConfig(), k) != v for k, v in flags.items())     # none is a default
+    where = {BackboneConfig: {'n_layer': 'n_layer', 'n_head': 'n_head', 'n_embd': 'n_embd',
+                              'ffn_hidden': 'ffn_hidden', 'rope_theta': 'rope_theta'},
+             AEConfig: {'chunk_size': 'chunk_size', 'latent_size': 'latent_size', 'dim': 'ae_dim',
+                        'hidden': 'ae_hidden', 'n_blocks': 'ae_blocks', 'token_dropout': 'token_dropout',
+                        'latent_dropout': 'latent_dropout', 'kl_clip': 'kl_clip', 'kl_beta': 'kl_beta'},
+             CALMConfig: {'head_blocks': 'head_blocks', 'noise_size': 'noise_size', 'n_samples': 'n_samples',
+                          'n_targets': 'n_targets', 'alpha': 'alpha', 'aux_ce': 'aux_ce'}}
+    built = {BackboneConfig: cfg.backbone_config(), AEConfig: cfg.ae_config(300, mask_id=7),
+             CALMConfig: cfg.calm_config()}
+    assert built[AEConfig].vocab_size == 300 and built[AEConfig].mask_id == 7
+    assert cfg.gpt_config(300).backbone == built[BackboneConfig] == built[CALMConfig].backbone
+    for cls, fields_of in where.items():
+        names = {f.name for f in dataclasses.fields(cls)} - {'vocab_size', 'mask_id', 'backbone'}
+        assert names == set(fields_of), (cls.__name__, names ^ set(fields_of))
+        for field, flag in fields_of.items():
+            assert getattr(built[cls], field) == flags[flag], (cls.__name__, field)
+    sampling = {'temperature': 0.5, 'top_k': 7, 'sampler': 'exact', 'num_candidates': 33, 'max_draws': 999}
+    s = parse_args([f'--{k}={v}' for k, v in sampling.items()], SampleConfig).make_sampler()
+    assert (s.temperature, s.top_k, s.method, s.num_candidates, s.max_draws) == tuple(sampling.values())
