@@ -1,6 +1,8 @@
 """Plants plausible bugs in the mathematics and the plumbing, one at a time, runs the tests that exist
 to catch each, and restores the code: every line must say CAUGHT (exit status 1 otherwise). Run from
-the repository root (a few minutes; the slow tier runs it too):
+the repository root (about 8 minutes; the slow tier runs it too). It rewrites the files in place and
+restores each before the next bug (also when interrupted), so run nothing else from this checkout
+meanwhile:
 
     python tests/mutation_check.py            # all of them
     python tests/mutation_check.py B2 S3      # some, by id
