@@ -1,6 +1,6 @@
 """Plants plausible bugs in the mathematics and the plumbing, one at a time, runs the tests that exist
 to catch each, and restores the code: every line must say CAUGHT (exit status 1 otherwise). Run from
-the repository root (about 8 minutes; the slow tier runs it too). It rewrites the files in place and
+the repository root (about 10 minutes; the slow tier runs it too). It rewrites the files in place and
 restores each before the next bug (also when interrupted), so run nothing else from this checkout
 meanwhile:
 
@@ -8,8 +8,8 @@ meanwhile:
     python tests/mutation_check.py B2 S3      # some, by id
 
 Each entry: id and what the bug is, the file, the exact text replaced, its replacement, the tests.
-A bug no test caught is a test to write: the entries after the first ten came from three sweeps
-that found 40 such gaps (README, *Testing*).
+A bug no test caught is a test to write: the entries after the first ten came from four sweeps
+that found 47 such gaps (README, *Testing*).
 """
 import subprocess
 import sys
@@ -18,6 +18,8 @@ GUARDS = ['tests/test_guards.py', 'tests/test_extensions.py']
 TRAIN_LOOP = 'tests/test_train.py::test_training_clips_validates_on_val_and_skips_an_infinite_gradient'
 HASHES = 'tests/test_scripts.py::test_weights_changed_after_saving_are_refused'
 FLAGS = 'tests/test_config.py::test_every_model_flag_reaches_its_model_config'
+SAMPLES = 'tests/test_scripts.py::test_sample_returns_each_continuation_of_the_prompt'
+POOLS = 'tests/test_calm.py::test_batch_sampler_pools_each_positions_own_draws'
 M = [
  # the first ten: each has a test written for it (tests/test_guards.py, tests/test_extensions.py, RMSNorm)
  ('1 targets = mu', 'calm_min/calm.py', "return self.ae.sample_latent(mu.float(), log_sigma.float(), self.cfg.n_targets, generator), mu", "return mu.float().expand(self.cfg.n_targets, *mu.shape), mu", GUARDS),
@@ -138,6 +140,23 @@ M = [
  ('CM3 interpolation reversed', 'experiments/compute_matched.py', "t = (score - b0) / (b1 - b0)", "t = (b1 - score) / (b1 - b0)", ['tests/test_compute_matched.py']),
  ('CM4 autoencoder FLOPs per chunk as per token', 'experiments/compute_matched.py', "return ae.flops_per_token()['training'] * ae.cfg.chunk_size * chunks", "return ae.flops_per_token()['training'] * chunks", ['tests/test_compute_matched.py']),
  ('CM5 parameters include the frozen autoencoder', 'experiments/compute_matched.py', "'params': sum(p.numel() for n, p in model.named_parameters() if not n.startswith('ae.')),", "'params': sum(p.numel() for n, p in model.named_parameters()),", ['tests/test_compute_matched.py']),
+
+ # sample.py, devices, the tokenizer, CALM's batch sampler, BrierLM's blocks, eval.py's tokenizer check
+ # (a fourth sweep: 7 of its 14 bugs passed the fast suite at first)
+ ('SP1 prompt without its leading end-of-text', 'sample.py', "ids = [tok.eot_id] + tok.encode(text)", "ids = tok.encode(text)", ['tests/test_scripts.py']),
+ ('SP2 output decoded with the end-of-text', 'sample.py', "texts += [tok.decode(row[1:]) for row", "texts += [tok.decode(row) for row", [SAMPLES]),
+ ('SP3 every batch of 64 full', 'sample.py', "idx = torch.tensor([ids] * min(64, cfg.num_samples - i)", "idx = torch.tensor([ids] * min(64, cfg.num_samples)", [SAMPLES]),
+ ('DV1 --compile=auto compiles on CPU', 'calm_min/device.py', "return choice == 'true' or (choice == 'auto' and device.type == 'cuda')", "return choice == 'true' or choice == 'auto'", ['tests/test_bench.py', 'tests/test_scripts.py']),
+ ('DV2 --dtype=bfloat16 not forced', 'calm_min/device.py', "return torch.bfloat16 if dtype == 'bfloat16' or (dtype == 'auto' and fast) else torch.float32", "return torch.bfloat16 if (dtype == 'auto' and fast) else torch.float32", GUARDS),
+ ('DV3 --dtype=float32 ignored', 'calm_min/device.py', "return torch.bfloat16 if dtype == 'bfloat16' or (dtype == 'auto' and fast) else torch.float32", "return torch.bfloat16 if dtype == 'bfloat16' or fast else torch.float32", GUARDS),
+ ('TK1 bytes decoding wraps end-of-text', 'calm_min/tokenizer.py', "return bytes(i for i in ids if i < 256).decode('utf-8', errors='replace')", "return bytes(i % 256 for i in ids).decode('utf-8', errors='replace')", ['tests/test_data.py']),
+ ('TK2 tokenizer identity without its hash', 'calm_min/tokenizer.py', "'eot_id': self.eot_id, 'sha256': self.sha256}", "'eot_id': self.eot_id}", ['tests/test_data.py']),
+ ('CS1 batch sampler pools mixed across positions', 'calm_min/calm.py', "pool = self.ae.decode(z).transpose(0, 1)                  # (r, N, K)", "pool = self.ae.decode(z).reshape(z.shape[1], z.shape[0], -1)", [POOLS]),
+ ('CS2 batch sampler stops after the first rows', 'calm_min/calm.py', "for i in range(0, flat.shape[0], rows):", "for i in range(0, min(rows, flat.shape[0]), rows):", [POOLS]),
+ ('GS1 baseline decoding step ignores T', 'calm_min/gpt.py', "return pick_token(self.lm_head(h), u, temperature, top_k)[:, None]", "return pick_token(self.lm_head(h), u, 1.0, top_k)[:, None]", ['tests/test_decode.py']),
+ ('GS2 baseline decoding step ignores top-k', 'calm_min/gpt.py', "return pick_token(self.lm_head(h), u, temperature, top_k)[:, None]", "return pick_token(self.lm_head(h), u, temperature, 0)[:, None]", ['tests/test_backbone.py', 'tests/test_decode.py']),
+ ('EB1 bootstrap groups by position', 'calm_min/brierlm.py', "groups.append(torch.arange(i, i + x.shape[0]).repeat_interleave(e.shape[1]))", "groups.append(torch.arange(e.shape[1]).repeat(x.shape[0]))", ['tests/test_brierlm.py']),
+ ('CK1 eval.py skips the tokenizer check', 'eval.py', "        check_tokenizer(ckpt, corpus.tokenizer.identity, cfg.ckpt)\n", "\n", ['tests/test_scripts.py']),
 ]
 
 if __name__ == '__main__':

@@ -91,6 +91,18 @@ def test_summarize_standard_errors(sizes):
     assert out['brierlm'] == pytest.approx(brierlm([out[f'brier{n}'] for n in range(1, 5)]))
 
 
+def test_evaluate_brier_bootstraps_over_blocks(monkeypatch):
+    """The bootstrap resamples whole blocks: each position's group is the index of its block."""
+    import sys
+    brierlm_module = sys.modules['calm_min.brierlm']          # the package exports the function brierlm
+    seen, summarize_ = {}, brierlm_module.summarize
+    monkeypatch.setattr(brierlm_module, 'summarize', lambda est, groups, *a: seen.update(groups=groups) or summarize_(est, groups, *a))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=7, backbone=BackboneConfig(n_layer=1, n_head=2, n_embd=16))).eval()
+    out = brierlm_module.evaluate_brier(model, torch.randint(7, (5, 16)), batch_size=2, n_boot=20)   # 3 positions each
+    assert out['blocks'] == 5 and torch.equal(seen['groups'], torch.arange(5).repeat_interleave(3))
+
+
 def test_discrete_estimators_agree():
     """The generic two-sample estimator and the exact/low-variance one have the same expectation:
     on a tiny model, over 60 repetitions of 4 blocks, their means agree within 5 standard errors."""

@@ -61,6 +61,26 @@ def test_prompt_is_left_padded_with_end_of_text_to_whole_chunks():
         assert (out[:, :pad] == eot).all()
 
 
+def test_batch_sampler_pools_each_positions_own_draws(monkeypatch):
+    """Algorithm 2 at T = 1/2 picks each position's chunk from a pool of that position's own N decoded
+    head samples (pool (R, N, K) is the decoder's (N, R, K) output with its first two axes swapped)."""
+    import calm_min.calm as calm_module
+    model = tiny_calm()
+    pools, decoded = [], []
+    pick, decode = calm_module.batch_temperature_sample, model.ae.decode
+    monkeypatch.setattr(calm_module, 'batch_temperature_sample', lambda p, T, g: pools.append(p) or pick(p, T, g))
+    monkeypatch.setattr(model.ae, 'decode', lambda z: decoded.append(decode(z)) or decoded[-1])
+    h = torch.randn(3, 64)
+    out = model.sample_chunks(h, 1, Sampler(temperature=0.5, num_candidates=6), torch.Generator().manual_seed(0))
+    assert out.shape == (1, 3, 4) and len(pools) == len(decoded) == 1 and decoded[0].shape == (6, 3, 4)
+    for r in range(3):
+        assert torch.equal(pools[0][r], decoded[0][:, r])
+        assert any(torch.equal(out[0, r], c) for c in decoded[0][:, r])
+    # a pool so large that the positions go through the decoder two at a time: every one still gets a chunk
+    big = model.sample_chunks(h, 1, Sampler(temperature=0.5, num_candidates=2 ** 13), torch.Generator().manual_seed(0))
+    assert big.shape == (1, 3, 4) and len(pools) == 3 and [p.shape[0] for p in pools[1:]] == [2, 1]
+
+
 def test_k_l_and_vocabulary_come_from_the_autoencoder():
     """CALM has no K, l or vocabulary of its own: they cannot disagree with its autoencoder's."""
     for K, V, l in ((2, 30, 6), (4, 40, 8)):

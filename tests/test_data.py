@@ -32,6 +32,20 @@ def test_bpe_round_trip(small_bpe, text):
     assert small_bpe.decode(small_bpe.encode(text)) == text
 
 
+def test_tokenizers_of_one_size_trained_on_other_text_differ_in_identity(small_bpe):
+    """A checkpoint's tokenizer check compares identities: two BPEs of the same size and end-of-text
+    id but other merges must not pass for one another (the identity holds a hash of the whole file)."""
+    other = train_bpe(make_docs(20, seed=1), vocab_size=300)
+    assert (other.vocab_size, other.eot_id) == (small_bpe.vocab_size, small_bpe.eot_id)
+    assert other.to_str() != small_bpe.to_str() and other.identity != small_bpe.identity
+
+
+def test_bytes_decoding_drops_end_of_text():
+    """The byte tokenizer's end-of-text id (256) is no byte: decoding leaves it out, it does not wrap."""
+    tok = Tokenizer('bytes')
+    assert tok.decode([104, 105, tok.eot_id, 33]) == 'hi!' and tok.decode([tok.eot_id]) == ''
+
+
 def test_bpe_is_deterministic_and_has_eot(small_bpe):
     again = train_bpe(make_docs(20), vocab_size=300)
     assert again.sha256 == small_bpe.sha256

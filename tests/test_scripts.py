@@ -38,6 +38,18 @@ def test_sample_both_kinds(trained, capsys):
         sample.main(SampleConfig(ckpt=calm, temperature=0.7, sampler='batch', device='cpu'))
 
 
+def test_sample_returns_each_continuation_of_the_prompt(trained, monkeypatch):
+    """More than one batch of 64 sequences gives exactly --num_samples texts, and each text is decoded
+    from the prompt on, without the end-of-text token generation starts from."""
+    from calm_min.tokenizer import Tokenizer
+    decoded, decode = [], Tokenizer.decode
+    monkeypatch.setattr(Tokenizer, 'decode', lambda self, ids: decoded.append(list(ids)) or decode(self, ids))
+    texts = sample.main(SampleConfig(ckpt=trained.out_dir + '/gpt.pt', prompt='The', max_new_tokens=2,
+                                     num_samples=65, device='cpu', compile='false'))
+    assert len(texts) == len(decoded) == 65
+    assert all(row[:3] == list(b'The') and len(row) == 5 for row in decoded)
+
+
 def test_sample_bfloat16(trained):
     """--dtype=bfloat16 casts the weights (the KV cache stays float32 on CPU) and still samples text;
     at temperature 1 each CALM step draws head noise in the weights' dtype."""
@@ -84,6 +96,17 @@ def test_eval_reports(trained, tmp_path):
     a = evaluate.main(EvalConfig(ckpt=trained.out_dir + '/ae.pt', max_blocks=2, context=32, device='cpu'))['results']
     assert a['chunks'] == 16 and 0 <= a['token_accuracy_sampled'] <= 1 and len(a['kl_per_dim']) == 16
     assert set(a['noise_robustness']) == {'0.1', '0.2', '0.3', '0.5', '1.0'}
+
+
+def test_eval_refuses_a_checkpoint_of_another_tokenizer(trained, tmp_path):
+    """Scoring a corpus split with a model trained on another tokenizer's ids would be meaningless."""
+    import torch
+    from calm_min.checkpoint import load_checkpoint
+    ck = load_checkpoint(trained.out_dir + '/gpt.pt')
+    ck['tokenizer'] = dict(ck['tokenizer'], sha256='0' * 64)
+    torch.save(ck, tmp_path / 'other.pt')
+    with pytest.raises(CheckpointError, match='was trained with tokenizer'):
+        evaluate.main(EvalConfig(ckpt=str(tmp_path / 'other.pt'), device='cpu'))
 
 
 def test_eval_bad_checkpoint(tmp_path):
