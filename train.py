@@ -288,8 +288,7 @@ def train(cfg: TrainConfig, corpus, dist: Dist) -> dict:
         tokens_per_micro = cfg.batch_size * (cfg.block_size // s * s)
 
         def get_batch(split, g):
-            x, targets = shifted_batch(text[split], cfg.batch_size, window, s, g)
-            return x.to(device), targets.to(device)
+            return shifted_batch(text[split], cfg.batch_size, window, s, g, device)
 
     # -- logging, evaluation, checkpoints ---------------------------------------------------------
     def record(rec):

@@ -417,11 +417,12 @@ def lm_batch(tokens: np.ndarray, batch_size: int, length: int, generator: torch.
 
 
 def shifted_batch(tokens: np.ndarray, batch_size: int, window: int, shift: int,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  generator: torch.Generator | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """A language model's (x, targets): `lm_batch` windows of `window` tokens, x without their last
     `shift` tokens and targets without their first, so targets are x moved on by one prediction step
-    (1 token for the baseline, one chunk of K for CALM): (B, window - shift) each."""
-    w = lm_batch(tokens, batch_size, window, generator)                      # (B, window)
+    (1 token for the baseline, one chunk of K for CALM): (B, window - shift) each, two views of the
+    windows, which go to `device` once."""
+    w = lm_batch(tokens, batch_size, window, generator).to(device)           # (B, window)
     return w[:, :-shift], w[:, shift:]
 
 

@@ -83,7 +83,8 @@ M = [
  ('G2 baseline samples see their token', 'calm_min/gpt.py', "step_logits = logits[:, starts - 1]", "step_logits = logits[:, starts]", ['tests/test_brierlm.py']),
  # data and training
  ('D1 targets not shifted', 'calm_min/data.py', "return w[:, :-shift], w[:, shift:]", "return w[:, :-shift], w[:, :-shift]", ['tests/test_data.py']),
- ('D2 train.py trains on (x, x)', 'train.py', "return x.to(device), targets.to(device)", "return x.to(device), x.to(device)",
+ ('D2 train.py trains on (x, x)', 'train.py', "return shifted_batch(text[split], cfg.batch_size, window, s, g, device)",
+  "return (lambda x: (x, x))(shifted_batch(text[split], cfg.batch_size, window, s, g, device)[0])",
   ['tests/test_train.py::test_training_targets_are_the_input_moved_on_by_one_step']),
  ('D3 chunk padding with id 0', 'calm_min/data.py', "return torch.where(valid, toks, torch.full_like(toks, self.pad_id))", "return torch.where(valid, toks, torch.full_like(toks, 0))", ['tests/test_data.py']),
  ('D4 the last start never drawn', 'calm_min/data.py', "offsets = torch.randint(len(tokens) - length + 1,", "offsets = torch.randint(len(tokens) - length,", ['tests/test_data.py']),

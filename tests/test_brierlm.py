@@ -75,7 +75,7 @@ def test_ranges_and_clamp():
 @pytest.mark.parametrize('sizes', ['equal', 'unequal'])
 def test_summarize_standard_errors(sizes):
     """Independent Bernoulli estimates in blocks: the block bootstrap's standard error of each mean is
-    the plain sqrt(p (1-p) / n), within 25% (400 replicates: the SE's own sampling error is ~4%). Blocks
+    the plain sqrt(p (1-p) / n), within 25% (400 replicates: the SE's own sampling error is ~4%, so 25% is 6 of them; fixed seeds). Blocks
     of 1 to 39 positions check that a replicate's mean divides by its own positions, not by n."""
     g = torch.Generator().manual_seed(0)
     est = (torch.rand(4000, 4, generator=g) < torch.tensor([0.5, 0.3, 0.2, 0.1])).double()
