@@ -237,28 +237,12 @@ def bench_generation(bench, cfg, device, gpt, calm, ref):
     for r in range(bench.repeats):                                 # rounds alternate the variants
         for name, fn in runs.items():
             best[name] = min(best[name], seconds(fn, device, r))
-    for name in runs:
-        res[f'{name}_tokens_per_s'] = B * n / best[name]
-    for name in runs:
-        if name != 'reference_nocache':
-            res[f'{name}_over_reference'] = best['reference_nocache'] / best[name]
-    res['speedup'] = best['gpt'] / best['calm']                   # CALM over the baseline, eager
     w = params_read_per_step(gpt, calm)
-    res['params_read_per_step'] = w
-    res['weight_bound_speedup'] = K * w['gpt'] / w['calm']
-    res['weight_read_ms'] = {m: weight_read_ms(w[m], dtype, device) for m in ('gpt', 'calm')}
-    res['measured_weight_bound_speedup'] = K * res['weight_read_ms']['gpt'] / res['weight_read_ms']['calm']
-    if bench.gen_compile:
-        res['speedup_compiled'] = best['gpt_compiled'] / best['calm_compiled']
-        res['compiled_fraction_of_weight_bound'] = res['speedup_compiled'] / res['weight_bound_speedup']
-        res['compiled_fraction_of_measured_weight_bound'] = (res['speedup_compiled']
-                                                             / res['measured_weight_bound_speedup'])
-        if graphs:
-            res['speedup_cudagraphs'] = best['gpt_cudagraphs'] / best['calm_cudagraphs']
-            res['cudagraphs_over_compiled'] = {m: best[f'{m}_compiled'] / best[f'{m}_cudagraphs']
-                                               for m in ('gpt', 'calm')}
-        if B == 1 and device.type == 'cpu':   # the weight-read question: batch 1, on a CPU's caches (and
-            res['calm_compiled_ms'] = compiled_parts_apart(calm, B, device, bench.repeats)  # 5 compilations)
+    read_ms = {m: weight_read_ms(w[m], dtype, device) for m in ('gpt', 'calm')}
+    res['seconds'] = best                                          # each variant's best, for B x n tokens
+    res.update(generation_figures(best, B * n, K, w, read_ms))
+    if bench.gen_compile and B == 1 and device.type == 'cpu':   # the weight-read question: batch 1, on a
+        res['calm_compiled_ms'] = compiled_parts_apart(calm, B, device, bench.repeats)  # CPU's caches (5 compilations)
     # where CALM's time goes: one eager generate() with a timer around each part it calls (instance
     # wrappers, removed afterwards; the model's own loop runs unchanged)
     parts = {'backbone': 0.0, 'head': 0.0, 'decoder': 0.0}
@@ -281,6 +265,31 @@ def bench_generation(bench, cfg, device, gpt, calm, ref):
         del calm.hidden, calm.head.transform, calm.ae.decode
     total = sum(parts.values())
     res['calm_time_share'] = {k: round(v / total, 3) for k, v in parts.items()}
+    return res
+
+
+def generation_figures(best: dict, tokens: int, K: int, w: dict, read_ms: dict) -> dict:
+    """bench_generation's figures from the best seconds of each variant ('reference_nocache', 'gpt',
+    'calm', and where timed '{gpt,calm}_compiled' and '{gpt,calm}_cudagraphs') for `tokens` generated
+    tokens (batch x new tokens): tokens/s, speedups over the no-cache reference, CALM's speedup over
+    the baseline, and that speedup against the weight-read bounds (`params_read_per_step` counts
+    `w`, `weight_read_ms` times `read_ms`). All a ratio of times measured in the same run."""
+    res = {f'{name}_tokens_per_s': tokens / t for name, t in best.items()}
+    res.update({f'{name}_over_reference': best['reference_nocache'] / t for name, t in best.items()
+                if name != 'reference_nocache'})
+    res['speedup'] = best['gpt'] / best['calm']                   # CALM over the baseline, eager
+    res['params_read_per_step'] = w
+    res['weight_bound_speedup'] = K * w['gpt'] / w['calm']
+    res['weight_read_ms'] = read_ms
+    res['measured_weight_bound_speedup'] = K * read_ms['gpt'] / read_ms['calm']
+    if 'calm_compiled' in best:
+        res['speedup_compiled'] = best['gpt_compiled'] / best['calm_compiled']
+        res['compiled_fraction_of_weight_bound'] = res['speedup_compiled'] / res['weight_bound_speedup']
+        res['compiled_fraction_of_measured_weight_bound'] = (res['speedup_compiled']
+                                                             / res['measured_weight_bound_speedup'])
+    if 'calm_cudagraphs' in best:
+        res['speedup_cudagraphs'] = best['gpt_cudagraphs'] / best['calm_cudagraphs']
+        res['cudagraphs_over_compiled'] = {m: best[f'{m}_compiled'] / best[f'{m}_cudagraphs'] for m in ('gpt', 'calm')}
     return res
 
 
@@ -351,21 +360,29 @@ def bench_training(bench, cfg, device, gpt, calm, ref):
             sync(device)
             best[k] = min(best[k], (time.perf_counter() - t0) / bench.train_steps)
             faults[k].append((minor_page_faults() - f0) / bench.train_steps)
-    res = {'train_tokens_per_s': {k: steps[k].tokens / t for k, t in best.items()}}
+    res = training_figures(best, {k: step.tokens for k, step in steps.items()})
+    res['seconds_per_step'] = best
     if minor_page_faults():      # how often a step touched memory the OS had to map afresh (median over rounds)
         res['minor_page_faults_per_step'] = {k: round(statistics.median(v)) for k, v in faults.items()}
+    for m in (gpt, calm, ref):
+        m.eval()
+    return res
+
+
+def training_figures(best: dict, tokens: dict) -> dict:
+    """bench_training's figures from the best seconds per step of each variant ('{model}_{dtype}' with
+    '_compiled' where compiled, in the order timed, a reference first) and the tokens of text a step of
+    each trains on: tokens/s; each model's speedup over the reference of the same dtype and compile
+    setting; every variant's over the first reference timed."""
     ratios = {}
-    base = f'reference_{dtypes[0]}'
+    base = next(k for k in best if k.startswith('reference'))
     for k, t in best.items():
         if not k.startswith('reference'):
             same = 'reference_' + k.split('_', 1)[1]
             ratios[f'{k}_over_{same}'] = best[same] / t
         if k != base:
             ratios[f'{k}_over_{base}'] = best[base] / t
-    res['ratios'] = ratios
-    for m in (gpt, calm, ref):
-        m.eval()
-    return res
+    return {'train_tokens_per_s': {k: tokens[k] / t for k, t in best.items()}, 'ratios': ratios}
 
 
 def minor_page_faults() -> int:

@@ -8,8 +8,8 @@ meanwhile:
     python tests/mutation_check.py B2 S3      # some, by id
 
 Each entry: id and what the bug is, the file, the exact text replaced, its replacement, the tests.
-A bug no test caught is a test to write: the entries after the first ten came from four sweeps
-that found 47 such gaps (README, *Testing*).
+A bug no test caught is a test to write: the entries after the first ten came from five sweeps
+that found 95 such gaps (README, *Testing*).
 """
 import subprocess
 import sys
@@ -20,6 +20,15 @@ HASHES = 'tests/test_scripts.py::test_weights_changed_after_saving_are_refused'
 FLAGS = 'tests/test_config.py::test_every_model_flag_reaches_its_model_config'
 SAMPLES = 'tests/test_scripts.py::test_sample_returns_each_continuation_of_the_prompt'
 POOLS = 'tests/test_calm.py::test_batch_sampler_pools_each_positions_own_draws'
+ACCUM = 'tests/test_guards.py::test_grad_accum_equals_one_big_batch'
+LOGGED = 'tests/test_train.py::test_logged_throughput_eta_and_flops_count_the_steps_since_the_last_record'
+DEVICE = 'tests/test_guards.py::test_device_choices_by_hand'
+BENCH_FIGURES = ['tests/test_bench.py::test_generation_figures_by_hand', 'tests/test_bench.py::test_training_figures_by_hand']
+PROFILED = 'tests/test_bench.py::test_profiled_figures_are_per_step'
+EXP_FIGURES = 'tests/test_experiments_figures.py'
+DIAG_PAIRS = 'tests/test_diagnose.py::test_hidden_states_pair_with_the_chunk_after_them'
+DIAG_REPORT = 'tests/test_diagnose.py::test_report_measures_what_it_names'
+AE_FIGURES = 'tests/test_eval.py::test_autoencoder_figures_count_tokens_chunks_and_kl_per_dimension'
 M = [
  # the first ten: each has a test written for it (tests/test_guards.py, tests/test_extensions.py, RMSNorm)
  ('1 targets = mu', 'calm_min/calm.py', "return self.ae.sample_latent(mu.float(), log_sigma.float(), self.cfg.n_targets, generator), mu", "return mu.float().expand(self.cfg.n_targets, *mu.shape), mu", GUARDS),
@@ -135,7 +144,7 @@ M = [
  ('P6 --token_dropout dropped', 'calm_min/config.py', "token_dropout=self.token_dropout, latent_dropout=self.latent_dropout,", "token_dropout=0.15, latent_dropout=self.latent_dropout,", [FLAGS]),
  ('P7 --max_draws dropped', 'calm_min/config.py', "num_candidates=self.num_candidates, max_draws=self.max_draws)", "num_candidates=self.num_candidates, max_draws=100_000)", [FLAGS]),
  ('P8 --noise_size dropped', 'calm_min/config.py', "noise_size=self.noise_size, n_samples=self.n_samples, n_targets=self.n_targets,", "noise_size=64, n_samples=self.n_samples, n_targets=self.n_targets,", [FLAGS]),
- ('E1 evaluation blocks not spread', 'calm_min/data.py', "np.linspace(0, n - 1, max_blocks).round().astype(int)", "np.arange(max_blocks)", ['tests/test_data.py']),
+ ('EB0 evaluation blocks not spread', 'calm_min/data.py', "np.linspace(0, n - 1, max_blocks).round().astype(int)", "np.arange(max_blocks)", ['tests/test_data.py']),
  ('CM1 steps ignore the tokens per step', 'experiments/compute_matched.py', "steps = max(1, round(budget / (f['training'] * tokens_per_step)))", "steps = max(1, round(budget / f['training']))", ['tests/test_compute_matched.py']),
  ('CM2 frontier not a running maximum', 'experiments/compute_matched.py', "        best = max(best, score)\n", "        best = score\n", ['tests/test_compute_matched.py']),
  ('CM3 interpolation reversed', 'experiments/compute_matched.py', "t = (score - b0) / (b1 - b0)", "t = (b1 - score) / (b1 - b0)", ['tests/test_compute_matched.py']),
@@ -158,6 +167,57 @@ M = [
  ('GS2 baseline decoding step ignores top-k', 'calm_min/gpt.py', "return pick_token(self.lm_head(h), u, temperature, top_k)[:, None]", "return pick_token(self.lm_head(h), u, temperature, 0)[:, None]", ['tests/test_backbone.py', 'tests/test_decode.py']),
  ('EB1 bootstrap groups by position', 'calm_min/brierlm.py', "groups.append(torch.arange(i, i + x.shape[0]).repeat_interleave(e.shape[1]))", "groups.append(torch.arange(e.shape[1]).repeat(x.shape[0]))", ['tests/test_brierlm.py']),
  ('CK1 eval.py skips the tokenizer check', 'eval.py', "        check_tokenizer(ckpt, corpus.tokenizer.identity, cfg.ckpt)\n", "\n", ['tests/test_scripts.py']),
+ # the fifth sweep (session 15): train.py's bookkeeping, checkpoints, device choices, bench.py's figures,
+ # the experiments, eval.py's remaining figures, sample.py's dtype, the parser
+ ('TR1 --lr changeable on resume', 'train.py', "RESUMABLE = {'max_iters',", "RESUMABLE = {'lr', 'max_iters',", ['tests/test_train.py::test_resume_refuses_every_setting_that_changes_the_run']),
+ ('TR2 logged loss sums the micro-steps', 'train.py', "total += loss.detach() / cfg.grad_accum", "total += loss.detach()", [ACCUM]),
+ ('TR3 training FLOPs without accumulation', 'train.py', "tokens_per_step = tokens_per_micro * cfg.grad_accum * dist.world", "tokens_per_step = tokens_per_micro * dist.world", [ACCUM, LOGGED]),
+ ('TR4 resumed log loses its first records', 'train.py', "(log_path.read_text().splitlines() if cfg.resume and log_path.exists() else [])", "[]", ['tests/test_train.py::test_resumed_log_has_no_duplicate_records']),
+ ('TR5 --keep_checkpoints ignored', 'train.py', "if cfg.keep_checkpoints:", "if False:", ['tests/test_train.py::test_keep_checkpoints_keeps_every_evaluations_checkpoint']),
+ ('TR6 tokens/s over a whole log interval', 'train.py', "n_done = (it + 1 - start) % cfg.log_interval or cfg.log_interval", "n_done = cfg.log_interval", [LOGGED]),
+ ('TR7 baseline window without its target', 'train.py', "else cfg.block_size + 1", "else cfg.block_size", ['tests/test_train.py::test_a_split_of_exactly_one_window_is_enough_and_one_token_less_is_not']),
+ ('TR8 autoencoder trains at --lr', 'train.py', "base_lr = cfg.ae_lr if is_ae else cfg.lr", "base_lr = cfg.lr", ['tests/test_train.py::test_each_stage_follows_its_own_learning_rate']),
+ ('TR9 samples start from token 0', 'train.py', "prompt = torch.full((cfg.num_samples, 1), tok.eot_id,", "prompt = torch.full((cfg.num_samples, 1), 0,", ['tests/test_train.py::test_samples_after_training_start_from_end_of_text']),
+ ('TR10 DDP ranks draw the same batches', 'train.py', "g_data = torch.Generator().manual_seed(cfg.seed + dist.rank)", "g_data = torch.Generator().manual_seed(cfg.seed)", ['-m', 'slow', 'tests/test_slow.py::test_ddp_resume_equals_uninterrupted']),
+ ('CK2 checkpoint format unchecked', 'calm_min/checkpoint.py', "if ckpt.get('format') != FORMAT:", "if False:", ['tests/test_train.py::test_a_checkpoint_of_another_format_is_refused']),
+ ('DV4 --compile=auto never compiles', 'calm_min/device.py', "(choice == 'auto' and device.type == 'cuda')", "False", [DEVICE]),
+ ('DV5 bf16 KV cache on CPU', 'calm_min/device.py', "return torch.float32 if device.type == 'cpu' else dtype", "return dtype", [DEVICE]),
+ ('DV6 CPU bf16 needs both capabilities', 'calm_min/device.py', "return any(f() for f in probe)", "return all(f() for f in probe)", [DEVICE]),
+ ('BN1 generation tokens/s without the batch', 'bench.py', "res.update(generation_figures(best, B * n, K, w, read_ms))", "res.update(generation_figures(best, n, K, w, read_ms))", ['tests/test_bench.py::test_generation_and_training_report']),
+ ('BN2 training ratios inverted', 'bench.py', "ratios[f'{k}_over_{same}'] = best[same] / t", "ratios[f'{k}_over_{same}'] = t / best[same]", BENCH_FIGURES),
+ ('BN3 CALM over baseline inverted', 'bench.py', "res['speedup'] = best['gpt'] / best['calm']", "res['speedup'] = best['calm'] / best['gpt']", BENCH_FIGURES),
+ ('BN4 speedups over the reference inverted', 'bench.py', "best['reference_nocache'] / t for name", "t / best['reference_nocache'] for name", BENCH_FIGURES),
+ ('BN5 training tokens of the whole window', 'bench.py', "step.tokens = cfg.batch_size * T", "step.tokens = cfg.batch_size * window", ['tests/test_bench.py::test_training_step_trains_on_the_shifted_window']),
+ ('BN6 bench trains on (x, x)', 'bench.py', "_, loss = fwd(w[:, :-s], w[:, s:], generator=gm)", "_, loss = fwd(w[:, :-s], w[:, :-s], generator=gm)", ['tests/test_bench.py::test_training_step_trains_on_the_shifted_window']),
+ ('BN7 weight bound without K', 'bench.py', "res['weight_bound_speedup'] = K * w['gpt'] / w['calm']", "res['weight_bound_speedup'] = w['gpt'] / w['calm']", BENCH_FIGURES),
+ ('BN8 profile per run, not per step', 'bench.py', "per_step[c] += e.self_cpu_time_total / 1e3 / n", "per_step[c] += e.self_cpu_time_total / 1e3", [PROFILED]),
+ ('BN9 every op counted as a product', 'bench.py', "mm_calls += e.count if c == 'matmul' else 0", "mm_calls += e.count", [PROFILED]),
+ ('BN10 FLOP ratio inverted', 'bench.py', "'calm_over_gpt_inference': c['inference'] / g['inference']", "'calm_over_gpt_inference': g['inference'] / c['inference']", ['tests/test_bench.py::test_flops_figures_are_the_models_own']),
+ ('BN11 fraction of the weight bound inverted', 'bench.py', "res['compiled_fraction_of_weight_bound'] = res['speedup_compiled'] / res['weight_bound_speedup']", "res['compiled_fraction_of_weight_bound'] = res['weight_bound_speedup'] / res['speedup_compiled']", BENCH_FIGURES),
+ ('BN12 memory ratio inverted', 'bench.py', "res['naive_over_ours'] = res['naive_peak_mib'] / max(res['ours_peak_mib'], 1e-9)", "res['naive_over_ours'] = res['ours_peak_mib'] / max(res['naive_peak_mib'], 1e-9)", ['tests/test_bench.py::test_generation_and_training_report']),
+ ('BN13 compiled-only runs against an untimed reference', 'bench.py', "base = next(k for k in best if k.startswith('reference'))", "base = 'reference_' + next(iter(best)).split('_')[1]", BENCH_FIGURES),
+ ('LC1 learning curve x in steps', 'experiments/learning_curves.py', "points = [(r['iter'] * sec_per_step, r['val_brierlm'])", "points = [(r['iter'], r['val_brierlm'])", [EXP_FIGURES]),
+ ('LC2 learning curve without accumulation', 'experiments/learning_curves.py', "return tc['batch_size'] * tc['grad_accum'] * (", "return tc['batch_size'] * (", [EXP_FIGURES]),
+ ('LC3 learning curve at the slowest decile', 'experiments/learning_curves.py', "n=10)[-1]", "n=10)[0]", [EXP_FIGURES]),
+ ('BC1 Spearman as Pearson', 'experiments/brier_vs_ce.py', "'spearman': pearson(ranks(ce), ranks(lm))", "'spearman': pearson(ce, lm)", [EXP_FIGURES]),
+ ('BC2 ranks as argsort', 'experiments/brier_vs_ce.py', "torch.tensor(v).argsort().argsort().tolist()", "torch.tensor(v).argsort().tolist()", [EXP_FIGURES]),
+ ('BC3 Pearson not centred', 'experiments/brier_vs_ce.py', "x, y = x - x.mean(), y - y.mean()", "pass", [EXP_FIGURES]),
+ ('TO1 tradeoff across tokenizers', 'experiments/tradeoff.py', "if ck['tokenizer'] != gk['tokenizer']:", "if False:", ['tests/test_tradeoff.py::test_checkpoints_of_two_tokenizers_are_refused']),
+ ('DG1 diagnosis pairs a state with its own chunk', 'experiments/diagnose_calm.py', "nxt.append(x[:, 1:].flatten(0, 1))", "nxt.append(x[:, :-1].flatten(0, 1))", [DIAG_PAIRS]),
+ ('DG2 diagnosis states one chunk on', 'experiments/diagnose_calm.py', "hs.append(model.hidden(x)[:, :-1].flatten(0, 1).float())", "hs.append(model.hidden(x)[:, 1:].flatten(0, 1).float())", [DIAG_PAIRS]),
+ ('DG3 other context is the own one', 'experiments/diagnose_calm.py', ".roll(1, 0).flatten(0, 1)", ".roll(0, 0).flatten(0, 1)", [DIAG_REPORT]),
+ ('DG4 unigram from validation', 'experiments/diagnose_calm.py', "unigram = torch.bincount(nxt_tr[:, 0].cpu()", "unigram = torch.bincount(nxt_val[:, 0].cpu()", [DIAG_REPORT]),
+ ('DG5 probe fitted on validation', 'experiments/diagnose_calm.py', "probe = train_probe(h_tr.cpu(), nxt_tr[:, 0].cpu()", "probe = train_probe(h_val.cpu(), nxt_val[:, 0].cpu()", [DIAG_REPORT]),
+ ('DG6 one posterior draw used twice', 'experiments/diagnose_calm.py', "    y2 = model.ae.sample_latent(mu.float(), log_sigma.float(), generator=g)", "    y2 = y1", [DIAG_REPORT]),
+ ('DG7 first-token groups keyed by the second', 'experiments/diagnose_calm.py', "'same_first_token': group_spread(y1, y2, nxt_val[:, 0].cpu()", "'same_first_token': group_spread(y1, y2, nxt_val[:, 1].cpu()", [DIAG_REPORT]),
+ ('EV1 collapsed dimensions inverted', 'eval.py', "'collapsed_dims': int((kl_dim < 0.01).sum())", "'collapsed_dims': int((kl_dim > 0.01).sum())", [AE_FIGURES]),
+ ('EV2 noise level ignored', 'eval.py', "zs[f'noise_{s}'] = mu + s * torch.randn(", "zs[f'noise_{s}'] = mu + torch.randn(", [AE_FIGURES]),
+ ('EV3 sampled z is mu', 'eval.py', "zs = {'mu': mu, 'sampled': ae.sample_latent(mu, log_sigma, generator=g)}", "zs = {'mu': mu, 'sampled': mu}", [AE_FIGURES]),
+ ('EV4 autoencoder chunks from the split start', 'eval.py', "ids = torch.linspace(0, idx.total - 1, n).round().long()", "ids = torch.arange(n)", ['tests/test_scripts.py::test_autoencoder_chunks_span_the_split']),
+ ('EV5 a context with nothing to score', 'eval.py', "need = (1 + -(-4 // K)) * K ", "need = K ", ['tests/test_scripts.py::test_eval_refuses_a_context_with_nothing_to_score']),
+ ('EV6 other context counts a lone block', 'eval.py', "n_other += B * (L - 1) if B >= 2 else 0", "n_other += B * (L - 1)", ['tests/test_eval.py::test_other_context_averages_over_the_batches_that_have_one']),
+ ('SP4 sample.py --dtype ignored', 'sample.py', "model.to(resolve_dtype(device, cfg.dtype))", "model.to(torch.float32)", ['tests/test_scripts.py::test_sample_bfloat16']),
+ ('CF1 dashes in flag names refused', 'calm_min/config.py', "key = key.replace('-', '_')", "pass", ['tests/test_config.py::test_defaults_and_overrides']),
 ]
 
 if __name__ == '__main__':

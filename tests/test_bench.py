@@ -15,10 +15,11 @@ def bench_cfg(*extra):
 
 
 def test_generation_and_training_report(capsys):
-    rep = bench.main(*bench_cfg('--what=all', '--positions=64', '--gen_compile=false',
+    rep = bench.main(*bench_cfg('--what=all', '--positions=64', '--gen_compile=false', '--gen_batch=2',
                                 '--train_dtypes=float32,bfloat16'), ['--what=all'])
     gen = rep['generation']
     assert gen['gpt_tokens_per_s'] > 0 and gen['calm_tokens_per_s'] > 0 and gen['reference_nocache_tokens_per_s'] > 0
+    assert all(gen[f'{m}_tokens_per_s'] == pytest.approx(2 * 8 / t) for m, t in gen['seconds'].items())  # batch 2
     assert abs(sum(gen['calm_time_share'].values()) - 1) < 0.01
     ms = gen['weight_read_ms']
     assert ms['gpt'] > 0 and ms['calm'] > 0
@@ -27,7 +28,9 @@ def test_generation_and_training_report(capsys):
     assert set(tps) == {f'{m}_{d}' for m in ('reference', 'gpt', 'calm') for d in ('float32', 'bfloat16')}
     assert 'gpt_bfloat16_over_reference_float32' in rep['training']['ratios']
     assert set(rep['training'].get('minor_page_faults_per_step', tps)) == set(tps)
-    assert rep['memory']['ours_peak_mib'] >= 0 and rep['memory']['naive_peak_mib'] > 0
+    mem = rep['memory']
+    assert mem['ours_peak_mib'] >= 0 and mem['naive_peak_mib'] > 0
+    assert mem['naive_over_ours'] == pytest.approx(mem['naive_peak_mib'] / max(mem['ours_peak_mib'], 1e-9))
     assert '"speedup"' in capsys.readouterr().out
 
 
@@ -109,3 +112,107 @@ def test_bench_flags_are_checked():
                       ('--what=speed', 'what must be all, generation')):
         with pytest.raises(ConfigError, match=msg):
             bench_cfg(flag)                                   # parse_args validates
+
+
+def test_generation_figures_by_hand():
+    """Every generation figure from made-up best times: tokens/s, speedups, CALM's speedup against the
+    weight-read bounds, the compiled and CUDA-graph ratios."""
+    best = {'reference_nocache': 8.0, 'gpt': 2.0, 'calm': 0.5, 'gpt_compiled': 1.0, 'calm_compiled': 0.25,
+            'gpt_cudagraphs': 0.5, 'calm_cudagraphs': 0.2}
+    r = bench.generation_figures(best, 2 * 256, 4, {'gpt': 1000, 'calm': 500}, {'gpt': 2.0, 'calm': 1.6})
+    assert [r[f'{m}_tokens_per_s'] for m in ('reference_nocache', 'gpt', 'calm')] == pytest.approx([64, 256, 1024])
+    assert r['gpt_over_reference'] == 4 and r['calm_over_reference'] == 16 and r['calm_compiled_over_reference'] == 32
+    assert 'reference_nocache_over_reference' not in r
+    assert r['speedup'] == 4                                                  # CALM over the baseline
+    assert r['weight_bound_speedup'] == 8                                     # K x 1000 / 500
+    assert r['measured_weight_bound_speedup'] == pytest.approx(5)             # K x 2.0 / 1.6
+    assert r['speedup_compiled'] == 4
+    assert r['compiled_fraction_of_weight_bound'] == 0.5
+    assert r['compiled_fraction_of_measured_weight_bound'] == pytest.approx(0.8)
+    assert r['speedup_cudagraphs'] == pytest.approx(2.5)
+    assert r['cudagraphs_over_compiled'] == pytest.approx({'gpt': 2.0, 'calm': 1.25})
+    eager = bench.generation_figures({k: best[k] for k in ('reference_nocache', 'gpt', 'calm')}, 512, 4,
+                                     {'gpt': 1000, 'calm': 500}, {'gpt': 2.0, 'calm': 1.6})
+    assert 'speedup_compiled' not in eager and 'speedup_cudagraphs' not in eager
+
+
+def test_training_figures_by_hand():
+    """Tokens/s, each model over the reference of its own dtype and compile setting, and every variant
+    over the first reference timed; a run of compiled variants alone (--train_compile=true, or auto on
+    CUDA) measures against the compiled reference."""
+    best = {'reference_float32': 4.0, 'gpt_float32': 5.0, 'calm_float32': 2.0,
+            'reference_float32_compiled': 2.0, 'gpt_float32_compiled': 2.5, 'calm_float32_compiled': 1.0}
+    tokens = {k: 1024 if k.startswith('calm') else 1000 for k in best}
+    r = bench.training_figures(best, tokens)
+    assert r['train_tokens_per_s'] == pytest.approx({k: tokens[k] / t for k, t in best.items()})
+    assert r['train_tokens_per_s']['gpt_float32'] == 200
+    q = r['ratios']
+    assert q['gpt_float32_over_reference_float32'] == 0.8 and q['calm_float32_over_reference_float32'] == 2
+    assert q['gpt_float32_compiled_over_reference_float32_compiled'] == 0.8
+    assert q['gpt_float32_compiled_over_reference_float32'] == 1.6
+    assert q['reference_float32_compiled_over_reference_float32'] == 2
+    compiled = bench.training_figures({k: t for k, t in best.items() if 'compiled' in k}, tokens)
+    assert compiled['ratios'] == {'gpt_float32_compiled_over_reference_float32_compiled': 0.8,
+                                  'calm_float32_compiled_over_reference_float32_compiled': 2.0}
+
+
+@pytest.mark.parametrize('kind', ['gpt', 'calm'])
+def test_training_step_trains_on_the_shifted_window(kind):
+    """bench's training step feeds each model (x, x moved on by one prediction step) and counts the
+    tokens of text one step trains on as train.py does (batch x block, whole chunks)."""
+    _, cfg = bench_cfg('--block_size=30')
+    gpt, calm, _ = bench.models(cfg, torch.device('cpu'))
+    model = {'gpt': gpt, 'calm': calm}[kind]
+    seen = []
+    real = model.forward
+    model.forward = lambda x, targets=None, generator=None: seen.append((x, targets)) or real(x, targets, generator)
+    step = bench._train_step(cfg, torch.device('cpu'), model, 'float32', False, torch.Generator().manual_seed(0))
+    step()
+    s = model.tokens_per_step
+    (x, y), = seen
+    assert x.shape == y.shape and torch.equal(y[:, :-s], x[:, s:])
+    assert step.tokens == cfg.batch_size * (30 // s * s)
+
+
+class _Event:
+    def __init__(self, key, us, count):
+        self.key, self.self_cpu_time_total, self.count = key, us, count
+
+
+def test_profiled_figures_are_per_step(monkeypatch):
+    """`profiled`'s arithmetic on a profiler that reports fixed times: self time per step by op class
+    (us -> ms, divided by the steps), matrix-product calls per step."""
+    events = [_Event('aten::mm', 6000.0, 12), _Event('aten::addmm', 3000.0, 6),
+              _Event('aten::_scaled_dot_product_flash_attention_for_cpu', 1500.0, 3), _Event('aten::mul', 600.0, 30)]
+
+    class FakeProfile:
+        def __init__(self, **_):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def key_averages(self):
+            class Averages(list):
+                def table(self, **_):
+                    return 'the table'
+            return Averages(events)
+    import torch.profiler
+    monkeypatch.setattr(torch.profiler, 'profile', FakeProfile)
+    r = bench.profiled(lambda: None, 3, torch.device('cpu'))
+    assert r['self_cpu_ms_per_step'] == {'matmul': 3.0, 'attention': 0.5, 'other': 0.2, 'total': 3.7}
+    assert r['matmul_calls_per_step'] == 6 and r['steps'] == 3 and r['table'] == 'the table'
+
+
+def test_flops_figures_are_the_models_own():
+    _, cfg = bench_cfg()
+    gpt, calm, _ = bench.models(cfg, torch.device('cpu'))
+    r = bench.bench_flops(cfg, gpt, calm)
+    ctx = cfg.block_size // cfg.chunk_size * cfg.chunk_size
+    g, c = gpt.flops_per_token(ctx), calm.flops_per_token(ctx)
+    assert r['context_tokens'] == ctx
+    assert r['calm_over_gpt_inference'] == pytest.approx(c['inference'] / g['inference'])
+    assert r['calm_over_gpt_training'] == pytest.approx(c['training'] / g['training'])

@@ -11,6 +11,7 @@ def test_defaults_and_overrides():
     cfg = parse_args(['--n_layer=3', '--lr=0.001', '--compile=false', '--resume=true'], TrainConfig)
     assert cfg.n_layer == 3 and cfg.lr == 1e-3 and cfg.resume is True
     assert parse_args([], TrainConfig) == TrainConfig()
+    assert parse_args(['--max-iters=7', '--ae_max_iters=5'], TrainConfig).max_iters == 7   # - or _ in a key
 
 
 def test_int_coerced_to_float():

@@ -3,6 +3,7 @@ training loss on the same text, CALM's three context variants are the hidden sta
 autoencoder's reconstruction figures count what they say they count."""
 import math
 
+import pytest
 import torch
 
 import eval as evaluate
@@ -54,7 +55,8 @@ def test_autoencoder_figures_count_tokens_chunks_and_kl_per_dimension(monkeypatc
     wrong = chunks.clone()
     wrong[:30, 0] = (wrong[:30, 0] + 1) % 37                                 # 30 chunks with one wrong token
     wrong[:10, 1] = (wrong[:10, 1] + 1) % 37                                 # 10 of them with two
-    monkeypatch.setattr(ae, 'decode', lambda z: wrong)
+    zs = []
+    monkeypatch.setattr(ae, 'decode', lambda z: zs.append(z) or wrong)
     out = evaluate.eval_ae(ae, chunks, EvalConfig())
     assert out['chunks'] == 100
     assert out['token_accuracy_mu'] == (400 - 40) / 400 and out['chunk_exact_mu'] == 0.7
@@ -62,3 +64,32 @@ def test_autoencoder_figures_count_tokens_chunks_and_kl_per_dimension(monkeypatc
         kl = ae.kl_terms(*ae.encode(chunks))[0].mean(0)                     # (8,) mean over chunks
     assert torch.allclose(torch.tensor(out['kl_per_dim'], dtype=torch.float64), kl.double(), atol=1e-4)  # rounded to 4 places
     assert math.isclose(out['kl_total'], float(kl.sum()), rel_tol=1e-4)
+    assert out['collapsed_dims'] == int((kl < 0.01).sum())
+    # what each figure decodes: z = mu; one posterior draw; mu plus noise of each level's std
+    with torch.no_grad():
+        mu, log_sigma = ae.encode(chunks)
+    assert len(zs) == 2 + len(evaluate.NOISE_LEVELS) and torch.equal(zs[0], mu)
+    eps = (zs[1] - mu) / log_sigma.exp()                                     # 800 standard normals
+    assert abs(eps.mean()) < 0.2 and 0.85 < eps.std() < 1.15                 # 5.6 and 4.2 standard errors
+    for s, z in zip(evaluate.NOISE_LEVELS, zs[2:]):
+        assert 0.85 * s < (z - mu).std() < 1.15 * s
+
+
+def test_other_context_averages_over_the_batches_that_have_one(monkeypatch):
+    """3 blocks in batches of 2: the last batch holds one block, which has no other block to borrow
+    states from; the other-context loss is the mean over the first batch's positions only."""
+    model = tiny_calm()
+    blocks = torch.randint(40, (3, 24), generator=torch.Generator().manual_seed(1))   # 6 chunks per block
+    losses = []
+    energy = model.energy
+
+    def spy(h, y, g):
+        out = energy(h, y, g)
+        losses.append(out[0])
+        return out
+    monkeypatch.setattr(model, 'energy', spy)
+    out = evaluate.eval_context(model, blocks, EvalConfig(batch_size=2))
+    assert len(losses) == 3 + 2                                       # full, last, other; full, last
+    assert out['energy_loss_positions'] == 3 * 5
+    assert math.isclose(out['energy_loss_full_context'], (losses[0].sum() + losses[3].sum()).item() / 15, rel_tol=1e-5)
+    assert math.isclose(out['energy_loss_other_context'], losses[2].sum().item() / 10, rel_tol=1e-5)

@@ -113,7 +113,8 @@ def test_bf16_autocast_on_cpu():
 
 def test_grad_accum_equals_one_big_batch(train_cfg, monkeypatch):
     """One step on 2 micro-batches of 4 gives the gradients of one batch of 8 (the same sequences: the
-    data generator draws them in the same order), up to float rounding."""
+    data generator draws them in the same order), up to float rounding; also the same logged loss and
+    training FLOPs."""
     grads = []
     orig = torch.nn.utils.clip_grad_norm_
 
@@ -123,10 +124,13 @@ def test_grad_accum_equals_one_big_batch(train_cfg, monkeypatch):
         return orig(params, max_norm, *a, **k)
     monkeypatch.setattr(torch.nn.utils, 'clip_grad_norm_', spy)
     base = dataclasses.replace(train_cfg, model='gpt', max_iters=1, eval_interval=100, brier_blocks=0, eval_iters=1)
-    train.main(dataclasses.replace(base, batch_size=8, grad_accum=1, out_dir=base.out_dir + '/one'))
-    train.main(dataclasses.replace(base, batch_size=4, grad_accum=2, out_dir=base.out_dir + '/two'))
+    one = train.main(dataclasses.replace(base, batch_size=8, grad_accum=1, out_dir=base.out_dir + '/one'))
+    two = train.main(dataclasses.replace(base, batch_size=4, grad_accum=2, out_dir=base.out_dir + '/two'))
     assert len(grads) == 2 and grads[0].norm() > 0
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-4)
+    assert two['losses'] == pytest.approx(one['losses'], rel=1e-5)          # the logged loss: the batch's mean
+    flops = [load_checkpoint(r['ckpt'])['train_flops'] for r in (one, two)]
+    assert flops[0] > 0 and flops[1] == pytest.approx(flops[0])                # the same tokens per step
 
 
 # -- 8. the exact Brier estimator, against brute force -------------------------------------------
@@ -160,3 +164,20 @@ def test_exact_estimator_expectation_is_brier_by_brute_force():
     expectation = (est * (P[a, 3] * P[b, 3])[:, None]).sum(0)
     torch.testing.assert_close(expectation, torch.tensor(brute, dtype=torch.float64), atol=1e-10, rtol=1e-9)
     assert math.isclose(float(P[:, 3].sum()), 1.0, rel_tol=1e-12)
+
+
+# -- 9. device choices ------------------------------------------------------------------------
+
+def test_device_choices_by_hand(monkeypatch):
+    """--compile=auto compiles on CUDA only; generation's KV cache stays float32 on a CPU whatever the
+    weights' dtype (elsewhere it takes theirs); either bf16 capability of a CPU (avx512_bf16, AMX) is enough."""
+    from calm_min import device as dv
+    cpu, cuda = torch.device('cpu'), torch.device('cuda')
+    assert dv.use_compile('auto', cuda) and not dv.use_compile('auto', cpu)
+    assert dv.use_compile('true', cpu) and not dv.use_compile('false', cuda)
+    assert dv.decode_cache_dtype(cpu, torch.bfloat16) == torch.float32
+    assert dv.decode_cache_dtype(cuda, torch.bfloat16) == torch.bfloat16
+    for avx, amx in ((True, False), (False, True), (True, True), (False, False)):
+        monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: avx, raising=False)
+        monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: amx, raising=False)
+        assert dv.cpu_has_bf16() == (avx or amx)

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 import eval as evaluate
 import sample
@@ -50,13 +51,17 @@ def test_sample_returns_each_continuation_of_the_prompt(trained, monkeypatch):
     assert all(row[:3] == list(b'The') and len(row) == 5 for row in decoded)
 
 
-def test_sample_bfloat16(trained):
+def test_sample_bfloat16(trained, monkeypatch):
     """--dtype=bfloat16 casts the weights (the KV cache stays float32 on CPU) and still samples text;
     at temperature 1 each CALM step draws head noise in the weights' dtype."""
+    dtypes = []
+    load = sample.load_model
+    monkeypatch.setattr(sample, 'load_model', lambda *a, **k: dtypes.append(load(*a, **k)) or dtypes[-1])
     for kind in ('gpt', 'calm'):
         texts = sample.main(SampleConfig(ckpt=trained.out_dir + f'/{kind}.pt', prompt='The nation', dtype='bfloat16',
                                          max_new_tokens=8, num_samples=2, device='cpu', compile='false'))
         assert len(texts) == 2 and all(t.startswith('The nation') for t in texts)
+    assert [next(m.parameters()).dtype for m, _ in dtypes] == [torch.bfloat16] * 2     # the models that sampled
 
 
 def test_sample_prompt_file(trained, tmp_path):
@@ -183,3 +188,27 @@ def test_a_failed_checkpoint_write_leaves_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match='No space'):
         save_checkpoint(path, {'kind': 'gpt', 'step': 2})
     assert path.read_bytes() == before
+
+
+def test_eval_refuses_a_context_with_nothing_to_score(trained):
+    """CALM (K = 4) needs a chunk of context and 4 tokens to score: --context=4 is refused, 8 is the least."""
+    with pytest.raises(ConfigError, match='leaves nothing to score.*--context >= 8'):
+        evaluate.main(EvalConfig(ckpt=trained.out_dir + '/calm.pt', context=4, max_blocks=2, device='cpu'))
+    r = evaluate.main(EvalConfig(ckpt=trained.out_dir + '/calm.pt', context=8, max_blocks=2, bootstrap=10, device='cpu'))
+    assert r['results']['positions'] == 2
+
+
+def test_autoencoder_chunks_span_the_split(trained, monkeypatch):
+    """--max_blocks limits the autoencoder's chunks to max_blocks x context / K, spread evenly over the
+    whole split: its first chunk and its last among them."""
+    from calm_min.data import ChunkIndex, load_corpus
+    seen = []
+    real = evaluate.eval_ae
+    monkeypatch.setattr(evaluate, 'eval_ae', lambda ae, chunks, cfg: seen.append(chunks) or real(ae, chunks, cfg))
+    evaluate.main(EvalConfig(ckpt=trained.out_dir + '/ae.pt', max_blocks=2, context=32, device='cpu'))
+    c = load_corpus(trained.dataset, trained.tokenizer, trained.vocab_size, trained.data_dir, verbose=False)
+    idx = ChunkIndex(c.tokens('val'), c.doc_starts('val'), trained.chunk_size, c.tokenizer.eot_id)
+    (chunks,) = seen
+    assert len(chunks) == 16 < idx.total
+    assert torch.equal(chunks[0], idx.chunks(torch.tensor([0]))[0])
+    assert torch.equal(chunks[-1], idx.chunks(torch.tensor([idx.total - 1]))[0])

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import sys
 
+import pytest
 import torch
 
 import train
@@ -62,3 +63,14 @@ def test_end_to_end_on_test_checkpoints(train_cfg, tmp_path):
     for r in rows_:
         assert all(0 <= r[k] <= 1 for k in ('acc_1', 'collision_1', 'acc_4', 'collision_4'))
         assert r['acc_4'] <= r['acc_1'] and r['collision_4'] <= r['collision_1']
+
+
+def test_checkpoints_of_two_tokenizers_are_refused(monkeypatch, tmp_path):
+    import experiments.tradeoff as tradeoff
+    from calm_min.config import ConfigError
+    fake = {'calm': {'tokenizer': {'kind': 'bytes', 'vocab_size': 257}},
+            'gpt': {'tokenizer': {'kind': 'bpe', 'vocab_size': 1024, 'sha256': '0'}}}
+    monkeypatch.setattr(tradeoff, 'load_model', lambda path, kinds, device: (None, fake[kinds[0]]))
+    with pytest.raises(ConfigError, match='different tokenizers'):
+        tradeoff.main(Config(out_dir=str(tmp_path / 'out'), device='cpu'))
+    assert not (tmp_path / 'out').exists()

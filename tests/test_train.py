@@ -3,14 +3,17 @@ import math
 import json
 import subprocess
 import sys
+import types
+import typing
 
 import pytest
 import torch
 
 import train
 from calm_min.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from calm_min.config import ConfigError
-from calm_min.data import DataError
+from calm_min.config import ConfigError, TrainConfig
+from calm_min.data import DataError, load_corpus
+from calm_min.tokenizer import Tokenizer
 from conftest import ROOT
 
 
@@ -192,9 +195,11 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path):
 
 
 def test_resumed_log_has_no_duplicate_records(train_cfg):
-    """A run stopped after its step-3 checkpoint logged steps 4-6; resuming from step 3 replaces them."""
+    """A run stopped after its step-3 checkpoint logged steps 4-6; resuming from step 3 replaces them
+    and keeps those before: the log is the uninterrupted run's."""
     cfg = dataclasses.replace(train_cfg, model='gpt', max_iters=6, eval_interval=3)
     train.main(cfg)
+    whole = [(r['kind'], r['iter']) for r in map(json.loads, cfg.ckpt_path.with_suffix('.jsonl').read_text().splitlines())]
     ck = load_checkpoint(cfg.ckpt_path)
     ck['step'], ck['finished'] = 3, False                     # as if stopped right after the step-3 save
     save_checkpoint(cfg.ckpt_path, ck)
@@ -202,6 +207,7 @@ def test_resumed_log_has_no_duplicate_records(train_cfg):
     recs = [json.loads(l) for l in cfg.ckpt_path.with_suffix('.jsonl').read_text().splitlines()]
     keys = [(r['kind'], r['iter']) for r in recs]
     assert len(keys) == len(set(keys)) and ('train', 6) in keys
+    assert keys == whole                                      # the records up to step 3 kept, in order
 
 
 def test_mfu_is_logged_against_the_device_peak(train_cfg, monkeypatch):
@@ -301,3 +307,107 @@ def test_resume_uses_this_machines_adamw_kernel(train_cfg, monkeypatch, saved_fu
     ckpt = load_checkpoint(res['ckpt'])
     assert ckpt['step'] == 6
     assert [g['fused'] for g in ckpt['optimizer']['param_groups']] == [(not saved_fused) or None] * 2
+
+
+def test_logged_throughput_eta_and_flops_count_the_steps_since_the_last_record(train_cfg, monkeypatch):
+    """With a clock that moves 1 s per optimizer step, every train record's tok_per_s is the tokens of
+    one step (batch x grad_accum x block), also the last record of a run that log_interval does not
+    divide; eta_s is the steps left; train_flops, logged and saved, is iter x tokens x FLOPs per token."""
+    clock = [0.0]
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def tick(*a, **k):                                        # once per iteration, before the step
+        clock[0] += 1.0
+        return clip(*a, **k)
+    monkeypatch.setattr(torch.nn.utils, 'clip_grad_norm_', tick)
+    monkeypatch.setattr(train, 'time', types.SimpleNamespace(time=lambda: clock[0]))
+    cfg = dataclasses.replace(train_cfg, model='gpt', max_iters=7, log_interval=3, grad_accum=2, batch_size=2,
+                              eval_interval=100, brier_blocks=0, num_samples=0)
+    train.main(cfg)
+    recs = [json.loads(line) for line in cfg.ckpt_path.with_suffix('.jsonl').read_text().splitlines()]
+    recs = [r for r in recs if r['kind'] == 'train']
+    assert [r['iter'] for r in recs] == [3, 6, 7]
+    tokens = cfg.batch_size * cfg.grad_accum * cfg.block_size
+    per_token = load_model(cfg.ckpt_path)[0].flops_per_token(cfg.block_size)['training']
+    for r in recs:
+        assert r['tok_per_s'] == pytest.approx(tokens), r
+        assert r['eta_s'] == pytest.approx(cfg.max_iters - r['iter']), r
+        assert r['train_flops'] == pytest.approx(r['iter'] * tokens * per_token), r
+    assert load_checkpoint(cfg.ckpt_path)['train_flops'] == pytest.approx(7 * tokens * per_token)
+
+
+def test_keep_checkpoints_keeps_every_evaluations_checkpoint(train_cfg):
+    """--keep_checkpoints=true: beside gpt.pt, a gpt_{step}.pt at each evaluation (what
+    experiments/brier_vs_ce.py scores)."""
+    cfg = dataclasses.replace(train_cfg, model='gpt', max_iters=6, eval_interval=3, keep_checkpoints=True)
+    train.main(cfg)
+    kept = sorted(cfg.ckpt_path.parent.glob('gpt_*.pt'))
+    assert [p.name for p in kept] == ['gpt_3.pt', 'gpt_6.pt']
+    assert [load_checkpoint(p)['step'] for p in kept] == [3, 6]
+    last, final = load_checkpoint(kept[-1])['model'], load_checkpoint(cfg.ckpt_path)['model']
+    assert all(torch.equal(last[k], final[k]) for k in final)
+
+
+def test_each_stage_follows_its_own_learning_rate(train_cfg):
+    """The autoencoder stage trains at --ae_lr over --ae_max_iters, CALM at --lr over --max_iters: the
+    lr of each logged step is `lr_at` of its own stage."""
+    cfg = dataclasses.replace(train_cfg, model='calm', lr=3e-3, ae_lr=7e-4, warmup_iters=2, ae_max_iters=5, max_iters=4)
+    train.main(cfg)
+    for kind, lr, n in (('ae', cfg.ae_lr, cfg.ae_max_iters), ('calm', cfg.lr, cfg.max_iters)):
+        recs = [json.loads(line) for line in cfg.ckpt_path.with_name(f'{kind}.jsonl').read_text().splitlines()]
+        logged = [(r['iter'], r['lr']) for r in recs if r['kind'] == 'train']
+        assert [i for i, _ in logged] == list(range(1, n + 1))
+        assert [v for _, v in logged] == pytest.approx([train.lr_at(cfg, i - 1, lr, n) for i, _ in logged])
+
+
+def test_samples_after_training_start_from_end_of_text(train_cfg, monkeypatch):
+    """The samples train.py shows are generated from the tokenizer's end-of-text, as sample.py's are."""
+    from calm_min.gpt import GPT
+    prompts = []
+    real = GPT.generate
+    monkeypatch.setattr(GPT, 'generate', lambda self, prompt, *a, **k: prompts.append(prompt) or real(self, prompt, *a, **k))
+    cfg = dataclasses.replace(train_cfg, model='gpt', max_iters=1, num_samples=2, sample_tokens=4)
+    train.main(cfg)
+    ck = load_checkpoint(cfg.ckpt_path)
+    eot = Tokenizer.from_str(ck['tokenizer_json'], ck['tokenizer']['kind']).eot_id
+    assert len(prompts) == 1 and prompts[0].shape == (2, 1) and (prompts[0] == eot).all()
+
+
+def test_resume_refuses_every_setting_that_changes_the_run(train_cfg):
+    """A resumed run may change only how long it runs, how it logs, evaluates and saves, and where it
+    runs (train.RESUMABLE, spelled out here); a change to any other setting, each tried in turn, is
+    refused by name."""
+    assert train.RESUMABLE == {'max_iters', 'ae_max_iters', 'log_interval', 'eval_interval', 'device', 'compile',
+                               'resume', 'overwrite', 'num_samples', 'sample_tokens', 'brier_blocks', 'eval_iters',
+                               'keep_checkpoints'}
+    cfg = dataclasses.replace(train_cfg, model='gpt')
+    ckpt = {'step': 3, 'train_config': dataclasses.asdict(cfg)}
+    other = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v * 2 + 1, str: lambda v: v + 'x'}
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        changed = dataclasses.replace(cfg, **{f.name: other[hints[f.name]](getattr(cfg, f.name))})
+        if f.name in train.RESUMABLE:
+            train.check_resume(changed, ckpt)
+        else:
+            with pytest.raises(ConfigError, match=f'these settings differ.*{f.name} '):
+                train.check_resume(changed, ckpt)
+
+
+def test_a_split_of_exactly_one_window_is_enough_and_one_token_less_is_not(train_cfg):
+    """The baseline trains on windows of block_size + 1 tokens (its targets one token on): a val split
+    of that many tokens is enough, one token fewer fails at the start with the reason."""
+    corpus = load_corpus(train_cfg.dataset, train_cfg.tokenizer, train_cfg.vocab_size, train_cfg.data_dir, verbose=False)
+    n = len(corpus.tokens('val'))
+    assert n < len(corpus.tokens('train'))
+    cfg = dataclasses.replace(train_cfg, model='gpt', max_iters=1, batch_size=1, eval_iters=1, brier_blocks=0, num_samples=0)
+    with pytest.raises(DataError, match=f'val split has {n} tokens, fewer than one training window of {n + 1}'):
+        train.main(dataclasses.replace(cfg, block_size=n))
+    train.main(dataclasses.replace(cfg, block_size=n - 1))
+
+
+def test_a_checkpoint_of_another_format_is_refused(train_cfg):
+    train.main(dataclasses.replace(train_cfg, model='gpt', max_iters=1))
+    ck = load_checkpoint(train_cfg.ckpt_path)
+    torch.save({**ck, 'format': 2}, train_cfg.ckpt_path)
+    with pytest.raises(CheckpointError, match='format 2, this code reads 1'):
+        load_checkpoint(train_cfg.ckpt_path)
