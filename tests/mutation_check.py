@@ -8,8 +8,8 @@ meanwhile:
     python tests/mutation_check.py B2 S3      # some, by id
 
 Each entry: id and what the bug is, the file, the exact text replaced, its replacement, the tests.
-A bug no test caught is a test to write: the entries after the first ten came from five sweeps
-that found 95 such gaps (README, *Testing*).
+A bug no test caught is a test to write: the entries after the first ten came from six sweeps
+that found 107 such gaps (README, *Testing*).
 """
 import subprocess
 import sys
@@ -28,6 +28,8 @@ PROFILED = 'tests/test_bench.py::test_profiled_figures_are_per_step'
 EXP_FIGURES = 'tests/test_experiments_figures.py'
 DIAG_PAIRS = 'tests/test_diagnose.py::test_hidden_states_pair_with_the_chunk_after_them'
 DIAG_REPORT = 'tests/test_diagnose.py::test_report_measures_what_it_names'
+AE_TRAIN = 'tests/test_autoencoder.py::test_training_mode_scores_the_true_tokens'
+UTF8 = 'tests/test_data.py::test_bytes_are_counted_in_utf8_and_each_document_ends_with_end_of_text'
 AE_FIGURES = 'tests/test_eval.py::test_autoencoder_figures_count_tokens_chunks_and_kl_per_dimension'
 M = [
  # the first ten: each has a test written for it (tests/test_guards.py, tests/test_extensions.py, RMSNorm)
@@ -218,6 +220,20 @@ M = [
  ('EV6 other context counts a lone block', 'eval.py', "n_other += B * (L - 1) if B >= 2 else 0", "n_other += B * (L - 1)", ['tests/test_eval.py::test_other_context_averages_over_the_batches_that_have_one']),
  ('SP4 sample.py --dtype ignored', 'sample.py', "model.to(resolve_dtype(device, cfg.dtype))", "model.to(torch.float32)", ['tests/test_scripts.py::test_sample_bfloat16']),
  ('CF1 dashes in flag names refused', 'calm_min/config.py', "key = key.replace('-', '_')", "pass", ['tests/test_config.py::test_defaults_and_overrides']),
+ # the sixth sweep (session 15): the autoencoder, backbone, data preparation, tokenizer, baseline's
+ # BrierLM terms, energy head, compute-matched study
+ ('AE7 token dropout in the targets', 'calm_min/autoencoder.py', "            inp = tokens.masked_fill(drop, cfg.mask_id)", "            inp = tokens = tokens.masked_fill(drop, cfg.mask_id)", [AE_TRAIN]),
+ ('AE8 accuracy against the dropped-out input', 'calm_min/autoencoder.py', "acc = (logits.argmax(-1) == tokens).float().mean()", "acc = (logits.argmax(-1) == inp).float().mean()", [AE_TRAIN]),
+ ('AE9 token id V accepted', 'calm_min/autoencoder.py', "int(tokens.max()) >= V", "int(tokens.max()) > V", [AE_TRAIN]),
+ ('BB1 RMSNorm fallback sums', 'calm_min/backbone.py', "xf.pow(2).mean(-1, keepdim=True)", "xf.pow(2).sum(-1, keepdim=True)", ['tests/test_backbone.py::test_rms_norm_matches_its_definition']),
+ ('DA1 prepared data keyed without the modification time', 'calm_min/data.py', "srcs.append([str(p.resolve()), st.st_size, st.st_mtime_ns])", "srcs.append([str(p.resolve()), st.st_size])", ['tests/test_data.py::test_an_edited_corpus_of_the_same_size_is_prepared_again']),
+ ('DA2 bytes per token inverted', 'calm_min/data.py', "return s['bytes'] / s['tokens']", "return s['tokens'] / s['bytes']", [UTF8]),
+ ('DA3 split bytes counted as characters', 'calm_min/data.py', "                n_bytes += len(text.encode('utf-8'))\n                if len(batch)", "                n_bytes += len(text)\n                if len(batch)", [UTF8]),
+ ('DA4 --data bytes counted as characters', 'calm_min/data.py', "        n_bytes += len(text.encode('utf-8'))\n    if not ids:", "        n_bytes += len(text)\n    if not ids:", [UTF8]),
+ ('DA5 tokenizer file unchecked against meta.json', 'calm_min/data.py', "if self.tokenizer.identity != self.meta['tokenizer']:", "if False:", ['tests/test_data.py::test_a_replaced_tokenizer_file_is_refused']),
+ ('GP3 baseline sum of squares tempered', 'calm_min/gpt.py', "probs = F.softmax(step_logits.float(), -1)", "probs = F.softmax(step_logits.float() / sampler.temperature, -1)", ['tests/test_brierlm.py::test_baseline_sum_of_squares_is_the_untempered_distributions']),
+ ('CM6 CALM runs without the autoencoder stage', 'experiments/compute_matched.py', "r['train_flops'] = ck['train_flops'] + (ae_flops if r['model'] == 'calm' else 0.0)", "r['train_flops'] = ck['train_flops']", ['tests/test_compute_matched.py::test_main_charges_every_calm_run_the_autoencoder_stage']),
+ ('CM7 heads not from the width', 'experiments/compute_matched.py', "n_head=max(1, n_embd // 64))", "n_head=tcfg.n_head)", ['tests/test_compute_matched.py::test_plan_names_a_recurring_size_by_budget']),
 ]
 
 if __name__ == '__main__':

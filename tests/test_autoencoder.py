@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from calm_min.autoencoder import AEConfig, Autoencoder
@@ -147,3 +148,17 @@ def test_state_hash_changes_with_weights():
     with torch.no_grad():
         ae.emb.weight[0, 0] += 1e-3
     assert state_hash(ae) != h
+
+
+def test_training_mode_scores_the_true_tokens():
+    """Token dropout changes what the encoder reads, never what is scored: in training mode the
+    cross-entropy and the accuracy are those of the logits against the original chunk."""
+    ae = Autoencoder(AEConfig(vocab_size=37, chunk_size=4, latent_size=8, dim=32, hidden=64, token_dropout=0.5)).train()
+    x = torch.randint(1, 37, (64, 4), generator=torch.Generator().manual_seed(0))     # mask_id 0 not among them
+    out, _ = ae(x, generator=torch.Generator().manual_seed(1))
+    logits = out['logits'].float()
+    ce = F.cross_entropy(logits.flatten(0, -2), x.flatten(), reduction='none').view(x.shape).sum(-1).mean()
+    torch.testing.assert_close(out['ce'], ce)
+    assert out['acc'] == (logits.argmax(-1) == x).float().mean()
+    with pytest.raises(ValueError, match=r'token ids must be in \[0, 37\)'):
+        ae(torch.full((2, 4), 37))                                             # the first id past the vocabulary

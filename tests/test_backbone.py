@@ -141,7 +141,13 @@ def test_swiglu_loads_checkpoints_with_separate_gate_and_up():
     assert set(old) == {'mlp.gate.weight', 'mlp.up.weight', 'mlp.down.weight', 'norm.weight'}  # caller's dict untouched
 
 
-def test_rms_norm_matches_its_definition():
+@pytest.mark.parametrize('path', ['torch', 'fallback'])
+def test_rms_norm_matches_its_definition(path, monkeypatch):
+    """Through torch's F.rms_norm, and through the four-op fallback of a torch without it (< 2.4)."""
+    if path == 'fallback':
+        import calm_min.backbone as bb
+        monkeypatch.setattr(bb, '_HAS_RMS_NORM', False)
+        monkeypatch.setattr(bb, '_HAS_FUSED_RMS_NORM', False)
     g = torch.Generator().manual_seed(0)
     norm = RMSNorm(16)
     nn.init.normal_(norm.weight, generator=g)

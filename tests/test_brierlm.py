@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 from calm_min.backbone import BackboneConfig
 from calm_min.brierlm import brier_estimate, brierlm, estimate, exact_brier, summarize
 from calm_min.gpt import GPT, GPTConfig
+from calm_min.sampling import Sampler
 from test_calm import tiny_calm
 
 
@@ -215,3 +216,20 @@ def test_continuations_see_only_the_past(kind):
     assert torch.equal(before['samples'][:, :, past], after['samples'][:, :, past])
     assert not torch.equal(before['target'][:, past], after['target'][:, past])
     assert not torch.equal(before['samples'][:, :, ~past], after['samples'][:, :, ~past])
+
+
+def test_baseline_sum_of_squares_is_the_untempered_distributions():
+    """The exact term sum_x p(x)^2 is the model's own distribution's, also when the samples are drawn
+    at another temperature (the Brier score is of the model, not of its tempered sampler)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, backbone=BackboneConfig(n_layer=2, n_head=2, n_embd=32))).eval()
+    torch.nn.init.normal_(model.tok_emb.weight, std=0.2)                     # logits neither uniform nor one-hot
+    blocks = torch.randint(11, (2, 16), generator=torch.Generator().manual_seed(1))
+    cont = model.continuations(blocks, Sampler(temperature=0.5), generator=torch.Generator().manual_seed(2))
+    starts = torch.arange(4, 13, 4)
+    with torch.no_grad():
+        logits = model(blocks)[0][:, starts - 1].float()                    # (B, P, V)
+    p, tempered = torch.softmax(logits, -1), torch.softmax(logits / 0.5, -1)
+    assert (tempered.pow(2).sum(-1) - p.pow(2).sum(-1)).abs().min() > 1e-3      # the two differ at every position
+    for stream in (0, 1):
+        torch.testing.assert_close(cont['sum_sq'][stream, ..., 0], p.pow(2).sum(-1))

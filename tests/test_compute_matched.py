@@ -99,13 +99,15 @@ def test_baseline_equivalent_is_monotone_and_reaches_the_score(points, s1, s2):
 
 
 def test_plan_names_a_recurring_size_by_budget(tmp_path):
-    """A size given at two budgets gets two run directories; only CALM runs point at the autoencoder."""
+    """A size given at two budgets gets two run directories; only CALM runs point at the autoencoder;
+    each size's heads are its width / 64."""
     from calm_min.config import TrainConfig, parse_args
     cfg = cm.Config(sizes='2x64,2x64,2x128', budgets='1e12,2e12,2e12', out_dir=str(tmp_path))
     runs = cm.plan(cfg, parse_args([str(ROOT / 'config' / 'tiny_bytes.py')], TrainConfig), tmp_path / 'ae' / 'ae.pt')
     assert [r['name'] for r in runs] == ['gpt_2x64_1e12', 'calm_2x64_1e12', 'gpt_2x64_2e12', 'calm_2x64_2e12',
                                          'gpt_2x128', 'calm_2x128']
     assert [any(f.startswith('--ae_ckpt=') for f in r['flags']) for r in runs] == [False, True] * 3
+    assert [[f for f in r['flags'] if f.startswith('--n_head=')] for r in runs] == [['--n_head=1']] * 4 + [['--n_head=2']] * 2
     assert runs[2]['steps'] == pytest.approx(2 * runs[0]['steps'], abs=1)
     for r in runs:        # steps buy the budget, to the rounding of one step
         assert abs(r['tokens'] * r['train_flops_per_token'] - r['budget']) <= 0.5 * r['tokens'] / r['steps'] * r['train_flops_per_token']
@@ -128,3 +130,26 @@ def test_plan_counts_parameters_without_the_frozen_autoencoder_and_its_flops_per
     tokens = ck['step'] * train_cfg.ae_batch_size * train_cfg.chunk_size
     trained_ae = train.build_model(dataclasses.replace(train_cfg, model='ae'), 257, 256)
     assert cm.ae_train_flops(res['ckpt']) == trained_ae.flops_per_token()['training'] * tokens
+
+
+def test_main_charges_every_calm_run_the_autoencoder_stage(tmp_path, monkeypatch):
+    """main's bookkeeping, with training and evaluation replaced by their results: a CALM run's training
+    FLOPs are its language-model stage's plus the autoencoder stage's; the baseline's are its own."""
+    import json
+    ran = []
+    monkeypatch.setattr(cm, 'run', lambda cmd, log: ran.append(cmd))
+    monkeypatch.setattr(cm, 'finished', lambda path: True)                 # every run already trained
+    monkeypatch.setattr(cm, 'ae_train_flops', lambda path: 5e11)
+    monkeypatch.setattr(cm, 'load_checkpoint', lambda path, *a: {'train_flops': 1e12 if path.name == 'calm.pt' else 2e12})
+    monkeypatch.setattr(cm, 'plot', lambda runs, path: None)
+    for name in ('gpt_2x64', 'calm_2x64'):
+        (tmp_path / name).mkdir()
+        for split in ('val', 'test'):
+            (tmp_path / name / f'eval_{split}.json').write_text(json.dumps({'results': {'brierlm': 3.0, 'brierlm_se': 0.1}}))
+    cfg = cm.Config(preset=str(ROOT / 'config' / 'tiny_bytes.py'), sizes='2x64', budgets='1e12', out_dir=str(tmp_path),
+                    plot=str(tmp_path / 'p.png'))
+    gpt, calm = cm.main(cfg)
+    assert ran == []                                                      # nothing left to train or evaluate
+    assert (gpt['train_flops'], gpt['ae_flops']) == (2e12, 0.0)
+    assert (calm['train_flops'], calm['ae_flops']) == (1e12 + 5e11, 5e11)
+    assert [r['train_flops'] for r in json.loads((tmp_path / 'results.json').read_text())] == [2e12, 1.5e12]

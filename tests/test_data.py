@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -8,7 +9,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from calm_min.data import ChunkIndex, Corpus, DataError, _equal_pieces, eval_blocks, lm_batch, prepare, prepared_dir, shifted_batch
+from calm_min.data import (ChunkIndex, Corpus, DataError, _equal_pieces, eval_blocks, lm_batch, load_corpus, prepare,
+                           prepared_dir, shifted_batch)
 from calm_min.tokenizer import Tokenizer, train_bpe
 from conftest import ROOT, make_docs
 
@@ -206,3 +208,46 @@ def test_a_second_preparation_waits_for_the_first(tmp_path, corpus_jsonl):
     rest = p.communicate(timeout=120)[0]
     assert p.returncode == 0 and 'preparing' not in rest                  # found it done, did not redo it
     Corpus(out)
+
+
+def test_an_edited_corpus_of_the_same_size_is_prepared_again(tmp_path):
+    """The prepared data is keyed by the corpus file's place, size and modification time: an edit that
+    keeps the size still prepares the data again."""
+    src = tmp_path / 'docs.jsonl'
+    src.write_text(''.join(json.dumps({'text': t}) + '\n' for t in make_docs(n_docs=12, words=50)))
+    first = load_corpus(str(src), 'bytes', 0, str(tmp_path / 'cache'), verbose=False).tokens('train').copy()
+    st = src.stat()
+    src.write_text(src.read_text().replace('the', 'THE'))                 # the same number of bytes
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert src.stat().st_size == st.st_size
+    again = load_corpus(str(src), 'bytes', 0, str(tmp_path / 'cache'), verbose=False).tokens('train')
+    assert len(again) == len(first) and not np.array_equal(again, first)
+    assert b'THE' in bytes(again[again < 256].astype(np.uint8))
+
+
+def test_bytes_are_counted_in_utf8_and_each_document_ends_with_end_of_text(tmp_path):
+    """Bits per byte divide by UTF-8 bytes: with the bytes tokenizer a document of n bytes is n tokens
+    and one end-of-text, for a prepared split and for eval.py's --data text alike; 'é' is 2 bytes."""
+    from calm_min.data import tokenize_text
+    src = tmp_path / 'docs.jsonl'
+    src.write_text(''.join(json.dumps({'text': 'é' * 40 + f' {i}'}) + '\n' for i in range(12)))
+    c = load_corpus(str(src), 'bytes', 0, str(tmp_path / 'cache'), verbose=False)
+    for split in ('train', 'val'):
+        toks, starts = c.tokens(split), c.doc_starts(split)
+        assert c.bytes_per_token(split) == pytest.approx((len(toks) - len(starts)) / len(toks))
+        assert c.bytes_per_token(split) > 80 / 84                            # bytes, not characters (41 or 42 each)
+    tokens, starts, n_bytes = tokenize_text(str(src), Tokenizer('bytes'))
+    assert len(starts) == 12 and n_bytes == len(tokens) - 12 == sum(80 + len(f' {i}') for i in range(12))
+    ends = np.append(starts[1:], len(tokens)) - 1
+    assert (tokens[ends] == 256).all() and (tokens[np.setdiff1d(np.arange(len(tokens)), ends)] < 256).all()
+
+
+def test_a_replaced_tokenizer_file_is_refused(tmp_path, corpus_jsonl, small_bpe):
+    """A prepared folder whose tokenizer.json is not the one meta.json records (the token ids would
+    mean other text) is refused with what to do."""
+    small_bpe.save(tmp_path / 'tok.json')
+    out = prepare(str(corpus_jsonl), str(tmp_path / 'tok.json'), 0, str(tmp_path / 'cache'), verbose=False)
+    Corpus(out)
+    train_bpe(make_docs(20, seed=1), vocab_size=280).save(out / 'tokenizer.json')
+    with pytest.raises(DataError, match='does not match meta.json: delete'):
+        Corpus(out)
