@@ -141,9 +141,10 @@ def test_swiglu_loads_checkpoints_with_separate_gate_and_up():
     assert set(old) == {'mlp.gate.weight', 'mlp.up.weight', 'mlp.down.weight', 'norm.weight'}  # caller's dict untouched
 
 
-@pytest.mark.parametrize('path', ['torch', 'fallback'])
+@pytest.mark.parametrize('path', ['default', 'fallback'])
 def test_rms_norm_matches_its_definition(path, monkeypatch):
-    """Through torch's F.rms_norm, and through the four-op fallback of a torch without it (< 2.4)."""
+    """Through the path this torch takes (here, with the weight requiring a gradient, the CPU training
+    function), and through the four-op fallback of a torch without F.rms_norm (< 2.4)."""
     if path == 'fallback':
         import calm_min.backbone as bb
         monkeypatch.setattr(bb, '_HAS_RMS_NORM', False)

@@ -406,6 +406,7 @@ def test_a_split_of_exactly_one_window_is_enough_and_one_token_less_is_not(train
 
 
 def test_a_checkpoint_of_another_format_is_refused(train_cfg):
+    """A checkpoint whose format number this code does not read is refused, with both numbers."""
     train.main(dataclasses.replace(train_cfg, model='gpt', max_iters=1))
     ck = load_checkpoint(train_cfg.ckpt_path)
     torch.save({**ck, 'format': 2}, train_cfg.ckpt_path)
