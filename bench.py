@@ -289,7 +289,8 @@ def generation_figures(best: dict, tokens: int, K: int, w: dict, read_ms: dict) 
                                                              / res['measured_weight_bound_speedup'])
     if 'calm_cudagraphs' in best:
         res['speedup_cudagraphs'] = best['gpt_cudagraphs'] / best['calm_cudagraphs']
-        res['cudagraphs_over_compiled'] = {m: best[f'{m}_compiled'] / best[f'{m}_cudagraphs'] for m in ('gpt', 'calm')}
+        res['cudagraphs_over_compiled'] = {m: best[f'{m}_compiled'] / best[f'{m}_cudagraphs']
+                                           for m in ('gpt', 'calm')}
     return res
 
 

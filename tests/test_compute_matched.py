@@ -1,5 +1,6 @@
 """experiments/compute_matched.py: its table and plot over runs of several studies (--also), and its
 flag checks. The training runs themselves are what the README's table reports; here fake results."""
+import json
 import math
 import sys
 
@@ -135,7 +136,6 @@ def test_plan_counts_parameters_without_the_frozen_autoencoder_and_its_flops_per
 def test_main_charges_every_calm_run_the_autoencoder_stage(tmp_path, monkeypatch):
     """main's bookkeeping, with training and evaluation replaced by their results: a CALM run's training
     FLOPs are its language-model stage's plus the autoencoder stage's; the baseline's are its own."""
-    import json
     ran = []
     monkeypatch.setattr(cm, 'run', lambda cmd, log: ran.append(cmd))
     monkeypatch.setattr(cm, 'finished', lambda path: True)                 # every run already trained

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from calm_min.data import (ChunkIndex, Corpus, DataError, _equal_pieces, eval_blocks, lm_batch, load_corpus, prepare,
-                           prepared_dir, shifted_batch)
+                           prepared_dir, shifted_batch, tokenize_text)
 from calm_min.tokenizer import Tokenizer, train_bpe
 from conftest import ROOT, make_docs
 
@@ -228,7 +228,6 @@ def test_an_edited_corpus_of_the_same_size_is_prepared_again(tmp_path):
 def test_bytes_are_counted_in_utf8_and_each_document_ends_with_end_of_text(tmp_path):
     """Bits per byte divide by UTF-8 bytes: with the bytes tokenizer a document of n bytes is n tokens
     and one end-of-text, for a prepared split and for eval.py's --data text alike; 'é' is 2 bytes."""
-    from calm_min.data import tokenize_text
     src = tmp_path / 'docs.jsonl'
     src.write_text(''.join(json.dumps({'text': 'é' * 40 + f' {i}'}) + '\n' for i in range(12)))
     c = load_corpus(str(src), 'bytes', 0, str(tmp_path / 'cache'), verbose=False)

@@ -105,7 +105,6 @@ def test_eval_reports(trained, tmp_path):
 
 def test_eval_refuses_a_checkpoint_of_another_tokenizer(trained, tmp_path):
     """Scoring a corpus split with a model trained on another tokenizer's ids would be meaningless."""
-    import torch
     from calm_min.checkpoint import load_checkpoint
     ck = load_checkpoint(trained.out_dir + '/gpt.pt')
     ck['tokenizer'] = dict(ck['tokenizer'], sha256='0' * 64)
@@ -155,7 +154,6 @@ def test_weights_changed_after_saving_are_refused(trained, tmp_path):
     """An autoencoder file whose weights no longer match its recorded hash, and a CALM file whose embedded
     autoencoder no longer matches its recorded `ae_hash`, are refused at load (one changed number each);
     the hash covers the tensors' names too."""
-    import torch
     from calm_min.checkpoint import load_autoencoder, load_checkpoint, load_model, state_hash
     ae_ck = load_checkpoint(trained.ae_ckpt_path)
     ae_ck['model']['emb.weight'][0, 0] += 1
@@ -175,7 +173,6 @@ def test_weights_changed_after_saving_are_refused(trained, tmp_path):
 def test_a_failed_checkpoint_write_leaves_the_old_file(tmp_path, monkeypatch):
     """save_checkpoint writes a temporary file and renames it over the old one: a write that dies half
     way (here torch.save writes part of the file, then raises) leaves the previous checkpoint whole."""
-    import torch
     from calm_min.checkpoint import save_checkpoint
     path = tmp_path / 'gpt.pt'
     save_checkpoint(path, {'kind': 'gpt', 'step': 1})

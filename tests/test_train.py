@@ -17,6 +17,11 @@ from calm_min.tokenizer import Tokenizer
 from conftest import ROOT
 
 
+def log_records(path) -> list[dict]:
+    """The records of a run's {model}.jsonl log."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def test_gpt_trains_and_checkpoints(train_cfg):
     res = train.main(train_cfg)
     assert len(res['losses']) == 6 and all(torch.isfinite(torch.tensor(res['losses'])))
@@ -199,12 +204,12 @@ def test_resumed_log_has_no_duplicate_records(train_cfg):
     and keeps those before: the log is the uninterrupted run's."""
     cfg = dataclasses.replace(train_cfg, model='gpt', max_iters=6, eval_interval=3)
     train.main(cfg)
-    whole = [(r['kind'], r['iter']) for r in map(json.loads, cfg.ckpt_path.with_suffix('.jsonl').read_text().splitlines())]
+    whole = [(r['kind'], r['iter']) for r in log_records(cfg.ckpt_path.with_suffix('.jsonl'))]
     ck = load_checkpoint(cfg.ckpt_path)
     ck['step'], ck['finished'] = 3, False                     # as if stopped right after the step-3 save
     save_checkpoint(cfg.ckpt_path, ck)
     train.main(dataclasses.replace(cfg, resume=True))
-    recs = [json.loads(l) for l in cfg.ckpt_path.with_suffix('.jsonl').read_text().splitlines()]
+    recs = log_records(cfg.ckpt_path.with_suffix('.jsonl'))
     keys = [(r['kind'], r['iter']) for r in recs]
     assert len(keys) == len(set(keys)) and ('train', 6) in keys
     assert keys == whole                                      # the records up to step 3 kept, in order
@@ -219,7 +224,7 @@ def test_mfu_is_logged_against_the_device_peak(train_cfg, monkeypatch):
     assert peak_bf16_flops(torch.device('cuda')) == 989e12
     monkeypatch.setattr(train, 'peak_bf16_flops', lambda device: 1e9)
     train.main(train_cfg)
-    recs = [json.loads(line) for line in train_cfg.ckpt_path.with_suffix('.jsonl').read_text().splitlines()]
+    recs = log_records(train_cfg.ckpt_path.with_suffix('.jsonl'))
     rec = [r for r in recs if r['kind'] == 'train'][-1]
     flops_per_step = rec['train_flops'] / rec['iter']
     tokens_per_step = train_cfg.batch_size * train_cfg.grad_accum * train_cfg.block_size
@@ -324,8 +329,7 @@ def test_logged_throughput_eta_and_flops_count_the_steps_since_the_last_record(t
     cfg = dataclasses.replace(train_cfg, model='gpt', max_iters=7, log_interval=3, grad_accum=2, batch_size=2,
                               eval_interval=100, brier_blocks=0, num_samples=0)
     train.main(cfg)
-    recs = [json.loads(line) for line in cfg.ckpt_path.with_suffix('.jsonl').read_text().splitlines()]
-    recs = [r for r in recs if r['kind'] == 'train']
+    recs = [r for r in log_records(cfg.ckpt_path.with_suffix('.jsonl')) if r['kind'] == 'train']
     assert [r['iter'] for r in recs] == [3, 6, 7]
     tokens = cfg.batch_size * cfg.grad_accum * cfg.block_size
     per_token = load_model(cfg.ckpt_path)[0].flops_per_token(cfg.block_size)['training']
@@ -354,8 +358,7 @@ def test_each_stage_follows_its_own_learning_rate(train_cfg):
     cfg = dataclasses.replace(train_cfg, model='calm', lr=3e-3, ae_lr=7e-4, warmup_iters=2, ae_max_iters=5, max_iters=4)
     train.main(cfg)
     for kind, lr, n in (('ae', cfg.ae_lr, cfg.ae_max_iters), ('calm', cfg.lr, cfg.max_iters)):
-        recs = [json.loads(line) for line in cfg.ckpt_path.with_name(f'{kind}.jsonl').read_text().splitlines()]
-        logged = [(r['iter'], r['lr']) for r in recs if r['kind'] == 'train']
+        logged = [(r['iter'], r['lr']) for r in log_records(cfg.ckpt_path.with_name(f'{kind}.jsonl')) if r['kind'] == 'train']
         assert [i for i, _ in logged] == list(range(1, n + 1))
         assert [v for _, v in logged] == pytest.approx([train.lr_at(cfg, i - 1, lr, n) for i, _ in logged])
 
