@@ -8,8 +8,8 @@ meanwhile:
     python tests/mutation_check.py B2 S3      # some, by id
 
 Each entry: id and what the bug is, the file, the exact text replaced, its replacement, the tests.
-A bug no test caught is a test to write: the entries after the first ten came from six sweeps
-that found 107 such gaps (README, *Testing*).
+A bug no test caught is a test to write: the entries after the first ten came from seven sweeps
+that found 125 such gaps (README, *Testing*).
 """
 import subprocess
 import sys
@@ -234,6 +234,25 @@ M = [
  ('GP3 baseline sum of squares tempered', 'calm_min/gpt.py', "probs = F.softmax(step_logits.float(), -1)", "probs = F.softmax(step_logits.float() / sampler.temperature, -1)", ['tests/test_brierlm.py::test_baseline_sum_of_squares_is_the_untempered_distributions']),
  ('CM6 CALM runs without the autoencoder stage', 'experiments/compute_matched.py', "r['train_flops'] = ck['train_flops'] + (ae_flops if r['model'] == 'calm' else 0.0)", "r['train_flops'] = ck['train_flops']", ['tests/test_compute_matched.py::test_main_charges_every_calm_run_the_autoencoder_stage']),
  ('CM7 heads not from the width', 'experiments/compute_matched.py', "n_head=max(1, n_embd // 64))", "n_head=tcfg.n_head)", ['tests/test_compute_matched.py::test_plan_names_a_recurring_size_by_budget']),
+ # the seventh sweep: samplers, BrierLM, CALM's and the baseline's generation, flag checks
+ ('C10 exact sampler without its budget', 'calm_min/calm.py', 'rows.append(exact_temperature_sample(draw, T, generator, sampler.max_draws)[0])', 'rows.append(exact_temperature_sample(draw, T, generator, None)[0])', ['tests/test_calm.py::test_exact_sampler_keeps_its_draw_budget']),
+ ('C18 K<4 BrierLM target one chunk early', 'calm_min/calm.py', 'target = blocks[:, starts[:, None] * K + torch.arange(NGRAM', 'target = blocks[:, (starts[:, None] - 1) * K + torch.arange(NGRAM', ['tests/test_brierlm.py::test_targets_are_the_four_tokens_after_the_context']),
+ ('SA1 exact: only first tokens compared', 'calm_min/sampling.py', 'if not bool((xs == xs[0]).all()):', 'if not bool((xs[:, 0] == xs[0, 0]).all()):', ['tests/test_sampling.py::test_exact_sampler_compares_whole_outcomes']),
+ ('SA2 budget off by the last draws', 'calm_min/sampling.py', 'if max_draws is not None and used + m > max_draws:', 'if max_draws is not None and used > max_draws:', ['tests/test_sampling.py::test_exact_sampler_never_draws_past_its_budget']),
+ ('SA5 factory coin on the first token', 'calm_min/sampling.py', 'bernoulli_power(lambda: bool((take(1)[0] == x).all()), a, generator)', 'bernoulli_power(lambda: bool(take(1)[0][0] == x[0]), a, generator)', ['tests/test_sampling.py::test_exact_sampler_compares_whole_outcomes']),
+ ('SA9 top_k above V', 'calm_min/sampling.py', 'kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1)', 'kth = torch.topk(logits, top_k, dim=-1)', ['tests/test_sampling.py::test_top_k_above_the_vocabulary_keeps_every_token']),
+ ('GP5 two-token prompt not prefilled', 'calm_min/gpt.py', 'if prompt.shape[1] > 1:', 'if prompt.shape[1] > 2:', ['tests/test_decode.py::test_cached_generation_equals_reference_for_every_prompt_length']),
+ ('GP9 baseline BrierLM ignores T', 'calm_min/gpt.py', 'sample_logits(step_logits.flatten(0, 1), sampler.temperature, generator=generator)', 'sample_logits(step_logits.flatten(0, 1), 1.0, generator=generator)', ['tests/test_brierlm.py::test_baseline_samples_are_drawn_at_the_samplers_temperature']),
+ ('BR1 SE divided by sqrt(blocks)', 'calm_min/brierlm.py', "'brierlm_se': float(boot_lm.std())", "'brierlm_se': float(boot_lm.std()) / G ** 0.5", ['tests/test_brierlm.py::test_summarize_standard_errors']),
+ ('BR2 hit_b from sample a', 'calm_min/brierlm.py', 'hit_b = (sample_b == target)', 'hit_b = (sample_a == target)', ['tests/test_brierlm.py::test_two_sample_estimate_by_hand']),
+ ('BR4 exact flag ignored', 'calm_min/brierlm.py', 'e = estimate(model.continuations(x, generator=g, **kw), exact)', 'e = estimate(model.continuations(x, generator=g, **kw), True)', ['tests/test_brierlm.py::test_evaluate_brier_passes_its_sampler_and_estimator_on']),
+ ('BR6 sampler dropped', 'calm_min/brierlm.py', "kw = {} if sampler is None else {'sampler': sampler}", 'kw = {}', ['tests/test_brierlm.py::test_evaluate_brier_passes_its_sampler_and_estimator_on']),
+ ('CF4 odd head size accepted', 'calm_min/config.py', 'if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:', 'if self.n_embd % self.n_head:', ['tests/test_config.py::test_each_check_refuses_its_value']),
+ ('CF6 BPE vocab < 260 accepted', 'calm_min/config.py', "if self.tokenizer == 'bpe' and self.vocab_size < 260:", 'if False:', ['tests/test_config.py::test_each_check_refuses_its_value']),
+ ('CF7 resume with overwrite accepted', 'calm_min/config.py', 'if self.resume and self.overwrite:', 'if False:', ['tests/test_config.py::test_each_check_refuses_its_value']),
+ ('CF9 negative grad_clip accepted', 'calm_min/config.py', "for n in ('weight_decay', 'grad_clip', 'min_lr_ratio',", "for n in ('weight_decay', 'min_lr_ratio',", ['tests/test_config.py::test_each_check_refuses_its_value']),
+ ('CF11 eval bootstrap 1 accepted', 'calm_min/config.py', 'if self.bootstrap < 2:', 'if False:', ['tests/test_config.py::test_eval_and_sample_flags_are_checked_at_the_start']),
+ ('CF12 eval max_blocks < 0 accepted', 'calm_min/config.py', 'if self.max_blocks < 0:', 'if False:', ['tests/test_config.py::test_eval_and_sample_flags_are_checked_at_the_start']),
 ]
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""BrierLM (spec section 4). Statistical checks use fixed seeds and allow 5 standard errors of the
+"""BrierLM (docs/method.md section 5). Statistical checks use fixed seeds and allow 5 standard errors of the
 estimator's own sample variance (two-sided false-alarm rate 6e-7 per comparison)."""
 import itertools
 import math
@@ -90,6 +90,9 @@ def test_summarize_standard_errors(sizes):
         assert out[f'brier{n}'] == pytest.approx(float(est[:, n - 1].mean()))
         assert out[f'brier{n}_se'] == pytest.approx(math.sqrt(p * (1 - p) / 4000), rel=0.25)
     assert out['brierlm'] == pytest.approx(brierlm([out[f'brier{n}'] for n in range(1, 5)]))
+    # BrierLM's own SE: by the delta method, with independent columns, BrierLM x sqrt(sum_n (se_n / p_n)^2) / 4
+    rel = math.sqrt(sum((1 - p) / (p * 4000) for p in (0.5, 0.3, 0.2, 0.1))) / 4
+    assert out['brierlm_se'] == pytest.approx(out['brierlm'] * rel, rel=0.25)
 
 
 def test_evaluate_brier_bootstraps_over_blocks(monkeypatch):
@@ -233,3 +236,72 @@ def test_baseline_sum_of_squares_is_the_untempered_distributions():
     assert (tempered.pow(2).sum(-1) - p.pow(2).sum(-1)).abs().min() > 1e-3      # the two differ at every position
     for stream in (0, 1):
         torch.testing.assert_close(cont['sum_sq'][stream, ..., 0], p.pow(2).sum(-1))
+
+
+@pytest.mark.parametrize('kind', ['gpt', 'calm K=1', 'calm K=2', 'calm K=3', 'calm K=4'])
+def test_targets_are_the_four_tokens_after_the_context(kind):
+    """Each scored position's target is the 4 tokens that follow the context its samples were given:
+    blocks[t:t + 4] at token position t = stride, 2 stride, ... (baseline) or t = i K for chunk
+    positions i = 1, 2, ... (CALM)."""
+    blocks = torch.randint(40, (2, 24), generator=torch.Generator().manual_seed(0))
+    if kind == 'gpt':
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=40, backbone=BackboneConfig(n_layer=2, n_head=2, n_embd=32))).eval()
+        starts = list(range(4, 21, 4))
+    else:
+        K = int(kind[-1])
+        model = tiny_calm(K=K)
+        starts = [i * K for i in range(1, 24 // K - (-(-4 // K)) + 1)]
+    target = model.continuations(blocks, generator=torch.Generator().manual_seed(1))['target']
+    assert target.shape == (2, len(starts), 4)
+    for p, t in enumerate(starts):
+        assert torch.equal(target[:, p], blocks[:, t:t + 4])
+
+
+def test_baseline_samples_are_drawn_at_the_samplers_temperature():
+    """The baseline's BrierLM samples come from its softmax at the sampler's temperature: near T = 0 the
+    first sampled token of both streams is the argmax at every position; at T = 1 it is at about a
+    quarter of them (logits of near-uniform weights)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, backbone=BackboneConfig(n_layer=2, n_head=2, n_embd=32))).eval()
+    blocks = torch.randint(11, (4, 24), generator=torch.Generator().manual_seed(1))
+    starts = torch.arange(4, 21, 4)
+    with torch.no_grad():
+        greedy = model(blocks)[0][:, starts - 1].argmax(-1)                  # (B, P)
+    first = lambda T: model.continuations(blocks, Sampler(temperature=T),
+                                          generator=torch.Generator().manual_seed(2))['samples'][..., 0]  # (2, B, P)
+    assert (first(1e-6) == greedy).all()
+    assert (first(1.0) != greedy).float().mean() > 0.5
+
+
+def test_two_sample_estimate_by_hand():
+    """1[a = y] + 1[b = y] - 1[a = b] on hand-made 4-grams, column n scoring the first n tokens
+    (a variant that counted a's hit twice would also be unbiased, but with more variance)."""
+    y = torch.tensor([[1, 2, 3, 4]] * 4)
+    a = torch.tensor([[1, 2, 3, 4], [1, 2, 0, 4], [1, 2, 3, 4], [5, 2, 3, 4]])
+    b = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4], [1, 0, 3, 4], [5, 2, 3, 4]])
+    expect = torch.tensor([[1., 1, 1, 1],        # a = b = y
+                           [1, 1, 1, 1],         # b = y, a leaves at token 3
+                           [1, 1, 1, 1],         # a = y, b leaves at token 2
+                           [-1, -1, -1, -1]])    # a = b, both miss from token 1
+    assert torch.equal(brier_estimate(a, b, y), expect)
+    assert torch.equal(brier_estimate(b, a, y), expect)
+
+
+def test_evaluate_brier_passes_its_sampler_and_estimator_on(monkeypatch):
+    """evaluate_brier hands its sampler to the model's continuations and scores with the estimator
+    asked for: exact=False gives the two-sample estimates (integers), exact=True the baseline's exact
+    form (not integers)."""
+    import sys
+    brierlm_module = sys.modules['calm_min.brierlm']
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=7, backbone=BackboneConfig(n_layer=1, n_head=2, n_embd=16))).eval()
+    seen, summarize_, continuations = {}, brierlm_module.summarize, model.continuations
+    monkeypatch.setattr(brierlm_module, 'summarize', lambda est, groups, *a: seen.update(est=est) or summarize_(est, groups, *a))
+    monkeypatch.setattr(model, 'continuations', lambda x, **kw: seen.update(kw) or continuations(x, **kw))
+    blocks = torch.randint(7, (4, 16))
+    brierlm_module.evaluate_brier(model, blocks, exact=False, n_boot=20, sampler=Sampler(temperature=0.5))
+    assert seen['sampler'] == Sampler(temperature=0.5)
+    assert torch.equal(seen['est'], seen['est'].round())
+    brierlm_module.evaluate_brier(model, blocks, exact=True, n_boot=20)
+    assert not torch.equal(seen['est'], seen['est'].round())

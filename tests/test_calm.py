@@ -11,7 +11,7 @@ from calm_min.backbone import BackboneConfig
 from calm_min.calm import CALM, CALMConfig
 from calm_min.checkpoint import CheckpointError, load_model
 from calm_min.config import EvalConfig
-from calm_min.sampling import Sampler
+from calm_min.sampling import Sampler, SamplingBudgetExceeded
 
 
 def tiny_calm(K=4, V=40, l=8, seed=0, random_head=True):
@@ -203,3 +203,21 @@ def test_calm_learns_the_next_chunk_from_context():
     e = evaluate.eval_context(model, held_out, EvalConfig(batch_size=16))
     assert e['energy_loss_full_context'] + 1 < e['energy_loss_other_context']
     assert e['energy_loss_positions'] == 64 * 11
+
+
+def test_exact_sampler_keeps_its_draw_budget(monkeypatch):
+    """CALM's 'exact' sampler passes the Sampler's max_draws on: at T = 0.1 ten identical decoded chunks
+    are needed per round, which a head with spread samples almost never gives in 40 draws. (A sampler
+    that dropped the bound would run on: past 1000 head calls the spy stops it with another error.)"""
+    model = tiny_calm()
+    calls, head = [], model.head.forward
+
+    def counted(*a, **kw):
+        calls.append(1)
+        if len(calls) > 1000:
+            raise RuntimeError('runaway: the draw budget was not applied')
+        return head(*a, **kw)
+    monkeypatch.setattr(model.head, 'forward', counted)
+    with pytest.raises(SamplingBudgetExceeded, match='max_draws=40'):
+        model.sample_chunks(torch.randn(1, 64), 1, Sampler(temperature=0.1, method='exact', max_draws=40),
+                            torch.Generator().manual_seed(0))

@@ -182,3 +182,28 @@ def test_every_model_flag_reaches_its_model_config():
     sampling = {'temperature': 0.5, 'top_k': 7, 'sampler': 'exact', 'num_candidates': 33, 'max_draws': 999}
     s = parse_args([f'--{k}={v}' for k, v in sampling.items()], SampleConfig).make_sampler()
     assert (s.temperature, s.top_k, s.method, s.num_candidates, s.max_draws) == tuple(sampling.values())
+
+
+@pytest.mark.parametrize('flags,match', [
+    (['--n_embd=60', '--n_head=4'], 'even head size'),                   # 15 per head: RoPE rotates pairs
+    (['--tokenizer=bpe', '--vocab_size=259'], 'vocab_size must be >= 260'),
+    (['--resume=true', '--overwrite=true'], 'contradict'),
+    (['--grad_clip=-1'], '--grad_clip must be >= 0'),
+    (['--weight_decay=-0.1'], '--weight_decay must be >= 0'),
+    (['--warmup_iters=-1'], '--warmup_iters must be >= 0'),
+    (['--beta1=1.0'], '--beta1'),
+])
+def test_each_check_refuses_its_value(flags, match):
+    """Every range check of TrainConfig.validate on its own (others: test_values_validated above)."""
+    with pytest.raises(ConfigError, match=match):
+        parse_args(flags, TrainConfig)
+    assert parse_args(['--n_embd=64', '--n_head=4', '--tokenizer=bpe', '--vocab_size=260'], TrainConfig)
+
+
+def test_eval_and_sample_flags_are_checked_at_the_start():
+    with pytest.raises(ConfigError, match='--bootstrap must be >= 2'):
+        parse_args(['--bootstrap=1'], EvalConfig)
+    with pytest.raises(ConfigError, match='--max_blocks must be >= 0'):
+        parse_args(['--max_blocks=-1'], EvalConfig)
+    with pytest.raises(ConfigError, match='batch sampler needs T = 1/n|--sampler'):
+        parse_args(['--sampler=beam'], SampleConfig)

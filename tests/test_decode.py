@@ -146,3 +146,15 @@ def test_generate_refuses_an_unknown_compile_choice():
     gpt, _ = models()
     with pytest.raises(ValueError, match="compile must be False, True or 'cudagraphs'"):
         gpt.generate(torch.zeros(1, 2, dtype=torch.long), 3, compile='cuda')
+
+
+def test_cached_generation_equals_reference_for_every_prompt_length():
+    """Prompts of 1, 2, 3 and 9 tokens (the baseline prefills all but the last token; CALM left-pads to
+    whole chunks and prefills all but the last chunk): cached decoding gives the no-cache tokens."""
+    gpt, calm = models()
+    for T0 in (1, 2, 3, 9):
+        prompt = torch.randint(50, (2, T0), generator=torch.Generator().manual_seed(T0))
+        for model in (gpt, calm):
+            a = model.generate(prompt, 9, generator=torch.Generator().manual_seed(T0))
+            b = model.generate(prompt, 9, generator=torch.Generator().manual_seed(T0), use_cache=False)
+            assert torch.equal(a, b), (model.kind, T0)

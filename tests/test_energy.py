@@ -1,4 +1,4 @@
-"""The energy loss and the energy head (spec section 3). Statistical checks use fixed seeds; each
+"""The energy loss and the energy head (docs/method.md section 4). Statistical checks use fixed seeds; each
 states its false-alarm rate (the chance a correct implementation fails)."""
 import math
 

@@ -171,3 +171,40 @@ def test_sample_logits_matches_softmax(temperature, top_k):
         p = torch.where(keep, p, torch.zeros_like(p)) / p[keep].sum()
     ok, stat = chi2_ok(torch.bincount(draws, minlength=6), p)
     assert ok, stat
+
+
+def test_exact_sampler_compares_whole_outcomes():
+    """Outcomes that share their first token are still different outcomes: both stages of Algorithm 1
+    (the n identical draws and the fractional stage's coin) compare whole rows. Four 2-token outcomes,
+    two per first token; at T = 0.5 and 0.7 a sampler that compared first tokens only would return
+    P's own split within a first token instead of the tempered one (chi-square at 1e-4 each, as above)."""
+    rows = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])
+    p = torch.tensor([0.6, 0.1, 0.2, 0.1])
+    for T in (0.5, 0.7):
+        g = torch.Generator().manual_seed(int(T * 10))
+        draw = lambda m: rows[torch.multinomial(p, m, replacement=True, generator=g)]
+        outs = [exact_temperature_sample(draw, T, g)[0] for _ in range(1500)]
+        idx = torch.tensor([int(x[0]) * 2 + int(x[1]) for x in outs])
+        target = p.pow(1 / T) / p.pow(1 / T).sum()
+        ok, stat = chi2_ok(torch.bincount(idx, minlength=4), target)
+        assert ok, (T, stat)
+
+
+def test_exact_sampler_never_draws_past_its_budget():
+    """max_draws bounds the outcomes drawn, not only the count reported: the call that would pass it
+    raises before drawing."""
+    g = torch.Generator().manual_seed(0)
+    inner, drawn = categorical_draw(torch.ones(50) / 50, g), []
+    draw = lambda m: drawn.append(m) or inner(m)
+    with pytest.raises(SamplingBudgetExceeded):
+        exact_temperature_sample(draw, 0.1, g, max_draws=105)           # n = 10 draws per round
+    assert sum(drawn) <= 105 and sum(drawn) == 100                      # ten rounds, not an eleventh
+
+
+def test_top_k_above_the_vocabulary_keeps_every_token():
+    """top_k >= V filters nothing (sample.py accepts any top_k >= 0): the same draws as top_k = 0."""
+    logits = torch.randn(3, 7, generator=torch.Generator().manual_seed(0))
+    for k in (7, 50):
+        a = sample_logits(logits, 0.8, k, torch.Generator().manual_seed(1))
+        b = sample_logits(logits, 0.8, 0, torch.Generator().manual_seed(1))
+        assert torch.equal(a, b)
