@@ -197,7 +197,7 @@ def test_each_check_refuses_its_value(flags, match):
     """Every range check of TrainConfig.validate on its own (others: test_values_validated above)."""
     with pytest.raises(ConfigError, match=match):
         parse_args(flags, TrainConfig)
-    assert parse_args(['--n_embd=64', '--n_head=4', '--tokenizer=bpe', '--vocab_size=260'], TrainConfig)
+    parse_args(['--n_embd=64', '--n_head=4', '--tokenizer=bpe', '--vocab_size=260'], TrainConfig)   # the edges pass
 
 
 def test_eval_and_sample_flags_are_checked_at_the_start():
@@ -205,5 +205,5 @@ def test_eval_and_sample_flags_are_checked_at_the_start():
         parse_args(['--bootstrap=1'], EvalConfig)
     with pytest.raises(ConfigError, match='--max_blocks must be >= 0'):
         parse_args(['--max_blocks=-1'], EvalConfig)
-    with pytest.raises(ConfigError, match='batch sampler needs T = 1/n|--sampler'):
+    with pytest.raises(ConfigError, match="sampling method must be 'batch'"):
         parse_args(['--sampler=beam'], SampleConfig)
