@@ -2,6 +2,7 @@
 estimator's own sample variance (two-sided false-alarm rate 6e-7 per comparison)."""
 import itertools
 import math
+import sys
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from calm_min.brierlm import brier_estimate, brierlm, estimate, exact_brier, sum
 from calm_min.gpt import GPT, GPTConfig
 from calm_min.sampling import Sampler
 from test_calm import tiny_calm
+
+BRIERLM_MODULE = sys.modules['calm_min.brierlm']   # the module itself: the package exports the function brierlm
 
 
 def joint(V, n, g):
@@ -97,13 +100,11 @@ def test_summarize_standard_errors(sizes):
 
 def test_evaluate_brier_bootstraps_over_blocks(monkeypatch):
     """The bootstrap resamples whole blocks: each position's group is the index of its block."""
-    import sys
-    brierlm_module = sys.modules['calm_min.brierlm']          # the package exports the function brierlm
-    seen, summarize_ = {}, brierlm_module.summarize
-    monkeypatch.setattr(brierlm_module, 'summarize', lambda est, groups, *a: seen.update(groups=groups) or summarize_(est, groups, *a))
+    seen, summarize_ = {}, BRIERLM_MODULE.summarize
+    monkeypatch.setattr(BRIERLM_MODULE, 'summarize', lambda est, groups, *a: seen.update(groups=groups) or summarize_(est, groups, *a))
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=7, backbone=BackboneConfig(n_layer=1, n_head=2, n_embd=16))).eval()
-    out = brierlm_module.evaluate_brier(model, torch.randint(7, (5, 16)), batch_size=2, n_boot=20)   # 3 positions each
+    out = BRIERLM_MODULE.evaluate_brier(model, torch.randint(7, (5, 16)), batch_size=2, n_boot=20)   # 3 positions each
     assert out['blocks'] == 5 and torch.equal(seen['groups'], torch.arange(5).repeat_interleave(3))
 
 
@@ -292,16 +293,14 @@ def test_evaluate_brier_passes_its_sampler_and_estimator_on(monkeypatch):
     """evaluate_brier hands its sampler to the model's continuations and scores with the estimator
     asked for: exact=False gives the two-sample estimates (integers), exact=True the baseline's exact
     form (not integers)."""
-    import sys
-    brierlm_module = sys.modules['calm_min.brierlm']
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=7, backbone=BackboneConfig(n_layer=1, n_head=2, n_embd=16))).eval()
-    seen, summarize_, continuations = {}, brierlm_module.summarize, model.continuations
-    monkeypatch.setattr(brierlm_module, 'summarize', lambda est, groups, *a: seen.update(est=est) or summarize_(est, groups, *a))
+    seen, summarize_, continuations = {}, BRIERLM_MODULE.summarize, model.continuations
+    monkeypatch.setattr(BRIERLM_MODULE, 'summarize', lambda est, groups, *a: seen.update(est=est) or summarize_(est, groups, *a))
     monkeypatch.setattr(model, 'continuations', lambda x, **kw: seen.update(kw) or continuations(x, **kw))
     blocks = torch.randint(7, (4, 16))
-    brierlm_module.evaluate_brier(model, blocks, exact=False, n_boot=20, sampler=Sampler(temperature=0.5))
+    BRIERLM_MODULE.evaluate_brier(model, blocks, exact=False, n_boot=20, sampler=Sampler(temperature=0.5))
     assert seen['sampler'] == Sampler(temperature=0.5)
     assert torch.equal(seen['est'], seen['est'].round())
-    brierlm_module.evaluate_brier(model, blocks, exact=True, n_boot=20)
+    BRIERLM_MODULE.evaluate_brier(model, blocks, exact=True, n_boot=20)
     assert not torch.equal(seen['est'], seen['est'].round())

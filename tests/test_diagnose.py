@@ -6,9 +6,14 @@ import sys
 import pytest
 import torch
 
+import train
+from calm_min.autoencoder import Autoencoder
+from calm_min.calm import CALM
+from calm_min.checkpoint import load_model
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))
+from experiments import diagnose_calm as dc  # noqa: E402
 from experiments.diagnose_calm import (brier1_of_probs, chunk_keys, energy_terms, group_spread, hidden_and_chunks,  # noqa: E402
                                        in_set_rate, nearest_distance, train_probe)
 from calm_min.energy_head import energy_loss  # noqa: E402
@@ -58,8 +63,6 @@ def test_probe_learns_a_separable_map_and_brier_is_exact():
 def test_hidden_states_pair_with_the_chunk_after_them(train_cfg):
     """hidden_and_chunks: the state at chunk position i has read chunks 0..i (prev = chunk i) and is
     paired with chunk i + 1 (nxt), the one it predicts; flattened block by block."""
-    from calm_min.autoencoder import Autoencoder
-    from calm_min.calm import CALM
     torch.manual_seed(0)
     model = CALM(train_cfg.calm_config(), Autoencoder(train_cfg.ae_config(257, mask_id=256))).eval()
     K = model.chunk_size
@@ -79,9 +82,6 @@ def test_report_measures_what_it_names(train_cfg, monkeypatch):
     another block's states; the probe and the unigram learn from training positions only and are
     scored on validation; each headroom group is keyed as it is named; two posterior draws of the
     same chunk differ."""
-    import train
-    from calm_min.checkpoint import load_model
-    from experiments import diagnose_calm as dc
     train.main(dataclasses.replace(train_cfg, model='calm'))
     calls = {}
 

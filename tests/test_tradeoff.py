@@ -8,9 +8,11 @@ import pytest
 import torch
 
 import train
+from calm_min.config import ConfigError
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))
+import experiments.tradeoff as tradeoff  # noqa: E402
 from experiments.tradeoff import CALM_SETTINGS, GPT_SETTINGS, Config, main, rows, scores  # noqa: E402
 
 
@@ -66,8 +68,6 @@ def test_end_to_end_on_test_checkpoints(train_cfg, tmp_path):
 
 
 def test_checkpoints_of_two_tokenizers_are_refused(monkeypatch, tmp_path):
-    import experiments.tradeoff as tradeoff
-    from calm_min.config import ConfigError
     fake = {'calm': {'tokenizer': {'kind': 'bytes', 'vocab_size': 257}},
             'gpt': {'tokenizer': {'kind': 'bpe', 'vocab_size': 1024, 'sha256': '0'}}}
     monkeypatch.setattr(tradeoff, 'load_model', lambda path, kinds, device: (None, fake[kinds[0]]))
