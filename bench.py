@@ -32,7 +32,9 @@ training:   tokens of text per second of a full training step (forward, backward
   reference, the baseline and CALM, in each of --train_dtypes (float32, or bf16 autocast) and eager
   and/or through torch.compile (--train_compile: auto = as train.py, on for CUDA; true; false; both).
   Rounds alternate the variants (--repeats rounds, the best of each kept), so the ratios compare
-  runs made side by side; the first, untimed steps compile. Also the minor page faults per step
+  runs made side by side; 'ratios_by_round' also gives each model's speedup over its reference
+  round by round (median, lowest, highest), the steadier figure on a machine whose load drifts
+  (take --repeats=7 or more there); the first, untimed steps compile. Also the minor page faults per step
   (memory the OS maps afresh, e.g. after the allocator returned it), where the OS reports them.
 profile:    torch.profiler (--profile=training, decoding or both): --train_steps float32 eager training
   steps of the reference and of the baseline; one compiled generate() of each model (--dtype weights,
@@ -350,7 +352,7 @@ def bench_training(bench, cfg, device, gpt, calm, ref):
     for step in steps.values():                                # warm-up (and compilation), untimed
         for _ in range(2):
             step()
-    best = {k: float('inf') for k in steps}
+    rounds = {k: [] for k in steps}
     faults = {k: [] for k in steps}
     for _ in range(bench.repeats):
         for k, step in steps.items():
@@ -359,9 +361,10 @@ def bench_training(bench, cfg, device, gpt, calm, ref):
             for _ in range(bench.train_steps):
                 step()
             sync(device)
-            best[k] = min(best[k], (time.perf_counter() - t0) / bench.train_steps)
+            rounds[k].append((time.perf_counter() - t0) / bench.train_steps)
             faults[k].append((minor_page_faults() - f0) / bench.train_steps)
-    res = training_figures(best, {k: step.tokens for k, step in steps.items()})
+    best = {k: min(v) for k, v in rounds.items()}
+    res = training_figures(best, {k: step.tokens for k, step in steps.items()}, rounds)
     res['seconds_per_step'] = best
     if minor_page_faults():      # how often a step touched memory the OS had to map afresh (median over rounds)
         res['minor_page_faults_per_step'] = {k: round(statistics.median(v)) for k, v in faults.items()}
@@ -370,11 +373,14 @@ def bench_training(bench, cfg, device, gpt, calm, ref):
     return res
 
 
-def training_figures(best: dict, tokens: dict) -> dict:
+def training_figures(best: dict, tokens: dict, rounds: dict | None = None) -> dict:
     """bench_training's figures from the best seconds per step of each variant ('{model}_{dtype}' with
     '_compiled' where compiled, in the order timed, a reference first) and the tokens of text a step of
     each trains on: tokens/s; each model's speedup over the reference of the same dtype and compile
-    setting; every variant's over the first reference timed."""
+    setting; every variant's over the first reference timed. With `rounds` (each variant's seconds per
+    step in every round), also each model's speedup over its reference round by round: their median,
+    lowest and highest. A round's two timings lie a few seconds apart, so a machine whose load drifts
+    moves both, and the median of many rounds is steadier than the ratio of two best times."""
     ratios = {}
     base = next(k for k in best if k.startswith('reference'))
     for k, t in best.items():
@@ -383,7 +389,16 @@ def training_figures(best: dict, tokens: dict) -> dict:
             ratios[f'{k}_over_{same}'] = best[same] / t
         if k != base:
             ratios[f'{k}_over_{base}'] = best[base] / t
-    return {'train_tokens_per_s': {k: tokens[k] / t for k, t in best.items()}, 'ratios': ratios}
+    out = {'train_tokens_per_s': {k: tokens[k] / t for k, t in best.items()}, 'ratios': ratios}
+    if rounds:
+        out['ratios_by_round'] = {}
+        for k in rounds:
+            if not k.startswith('reference'):
+                same = 'reference_' + k.split('_', 1)[1]
+                r = [a / b for a, b in zip(rounds[same], rounds[k], strict=True)]
+                out['ratios_by_round'][f'{k}_over_{same}'] = {
+                    'median': statistics.median(r), 'lowest': min(r), 'highest': max(r), 'rounds': len(r)}
+    return out
 
 
 def minor_page_faults() -> int:

@@ -253,6 +253,9 @@ M = [
  ('CF9 negative grad_clip accepted', 'calm_min/config.py', "for n in ('weight_decay', 'grad_clip', 'min_lr_ratio',", "for n in ('weight_decay', 'min_lr_ratio',", ['tests/test_config.py::test_each_check_refuses_its_value']),
  ('CF11 eval bootstrap 1 accepted', 'calm_min/config.py', 'if self.bootstrap < 2:', 'if False:', ['tests/test_config.py::test_eval_and_sample_flags_are_checked_at_the_start']),
  ('CF12 eval max_blocks < 0 accepted', 'calm_min/config.py', 'if self.max_blocks < 0:', 'if False:', ['tests/test_config.py::test_eval_and_sample_flags_are_checked_at_the_start']),
+ # written with their code (session 17): bench.py's training ratios round by round
+ ('BN14 ratios by round inverted', 'bench.py', "r = [a / b for a, b in zip(rounds[same], rounds[k], strict=True)]", "r = [b / a for a, b in zip(rounds[same], rounds[k], strict=True)]", ['tests/test_bench.py::test_training_ratios_by_round_by_hand']),
+ ('BN15 rounds left out of the training report', 'bench.py', "res = training_figures(best, {k: step.tokens for k, step in steps.items()}, rounds)", "res = training_figures(best, {k: step.tokens for k, step in steps.items()})", ['tests/test_bench.py::test_generation_and_training_report']),
 ]
 
 if __name__ == '__main__':

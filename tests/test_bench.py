@@ -27,6 +27,9 @@ def test_generation_and_training_report(capsys):
     tps = rep['training']['train_tokens_per_s']
     assert set(tps) == {f'{m}_{d}' for m in ('reference', 'gpt', 'calm') for d in ('float32', 'bfloat16')}
     assert 'gpt_bfloat16_over_reference_float32' in rep['training']['ratios']
+    by_round = rep['training']['ratios_by_round']   # one ratio per round (--repeats=1 here)
+    assert set(by_round) == {f'{m}_{d}_over_reference_{d}' for m in ('gpt', 'calm') for d in ('float32', 'bfloat16')}
+    assert all(r['rounds'] == 1 and r['lowest'] == r['median'] == r['highest'] for r in by_round.values())
     assert set(rep['training'].get('minor_page_faults_per_step', tps)) == set(tps)
     mem = rep['memory']
     assert mem['ours_peak_mib'] >= 0 and mem['naive_peak_mib'] > 0
@@ -154,6 +157,24 @@ def test_training_figures_by_hand():
     compiled = bench.training_figures({k: t for k, t in best.items() if 'compiled' in k}, tokens)
     assert compiled['ratios'] == {'gpt_float32_compiled_over_reference_float32_compiled': 0.8,
                                   'calm_float32_compiled_over_reference_float32_compiled': 2.0}
+    assert 'ratios_by_round' not in r
+
+
+def test_training_ratios_by_round_by_hand():
+    """Round by round, each model's time over its own reference's in the same round: the median,
+    lowest and highest of those ratios, which the best times alone do not give (here the best-time
+    ratio is 1.0, the rounds' 0.8, 1.0 and 2.0)."""
+    rounds = {'reference_float32': [4.0, 2.0, 6.0], 'gpt_float32': [5.0, 2.0, 3.0],
+              'reference_bfloat16': [1.0, 1.0, 1.0], 'gpt_bfloat16': [2.0, 0.5, 4.0]}
+    best = {k: min(v) for k, v in rounds.items()}
+    r = bench.training_figures(best, {k: 1 for k in best}, rounds)
+    assert r['ratios']['gpt_float32_over_reference_float32'] == 1.0
+    by_round = r['ratios_by_round']
+    assert set(by_round) == {'gpt_float32_over_reference_float32', 'gpt_bfloat16_over_reference_bfloat16'}
+    assert by_round['gpt_float32_over_reference_float32'] == {'median': 1.0, 'lowest': 0.8, 'highest': 2.0,
+                                                             'rounds': 3}
+    assert by_round['gpt_bfloat16_over_reference_bfloat16'] == {'median': 0.5, 'lowest': 0.25, 'highest': 2.0,
+                                                               'rounds': 3}
 
 
 @pytest.mark.parametrize('kind', ['gpt', 'calm'])
