@@ -32,8 +32,8 @@ training:   tokens of text per second of a full training step (forward, backward
   reference, the baseline and CALM, in each of --train_dtypes (float32, or bf16 autocast) and eager
   and/or through torch.compile (--train_compile: auto = as train.py, on for CUDA; true; false; both).
   Rounds alternate the variants (--repeats rounds, the best of each kept), so the ratios compare
-  runs made side by side; 'ratios_by_round' also gives each model's speedup over its reference
-  round by round (median, lowest, highest), the steadier figure on a machine whose load drifts
+  runs made side by side; 'ratios_by_round' also gives each of those ratios round by round
+  (median, lowest, highest over the rounds), the steadier figure on a machine whose load drifts
   (take --repeats=7 or more there); the first, untimed steps compile. Also the minor page faults per step
   (memory the OS maps afresh, e.g. after the allocator returned it), where the OS reports them.
 profile:    torch.profiler (--profile=training, decoding or both): --train_steps float32 eager training
@@ -378,26 +378,24 @@ def training_figures(best: dict, tokens: dict, rounds: dict | None = None) -> di
     '_compiled' where compiled, in the order timed, a reference first) and the tokens of text a step of
     each trains on: tokens/s; each model's speedup over the reference of the same dtype and compile
     setting; every variant's over the first reference timed. With `rounds` (each variant's seconds per
-    step in every round), also each model's speedup over its reference round by round: their median,
-    lowest and highest. A round's two timings lie a few seconds apart, so a machine whose load drifts
+    step in every round), also each of those speedups round by round: their median, lowest and highest. A round's two timings lie a few seconds apart, so a machine whose load drifts
     moves both, and the median of many rounds is steadier than the ratio of two best times."""
-    ratios = {}
+    pairs = {}                                       # ratio name -> (variant, the reference it is measured against)
     base = next(k for k in best if k.startswith('reference'))
-    for k, t in best.items():
+    for k in best:
         if not k.startswith('reference'):
             same = 'reference_' + k.split('_', 1)[1]
-            ratios[f'{k}_over_{same}'] = best[same] / t
+            pairs[f'{k}_over_{same}'] = (k, same)
         if k != base:
-            ratios[f'{k}_over_{base}'] = best[base] / t
-    out = {'train_tokens_per_s': {k: tokens[k] / t for k, t in best.items()}, 'ratios': ratios}
+            pairs[f'{k}_over_{base}'] = (k, base)
+    out = {'train_tokens_per_s': {k: tokens[k] / t for k, t in best.items()},
+           'ratios': {name: best[ref] / best[k] for name, (k, ref) in pairs.items()}}
     if rounds:
         out['ratios_by_round'] = {}
-        for k in rounds:
-            if not k.startswith('reference'):
-                same = 'reference_' + k.split('_', 1)[1]
-                r = [a / b for a, b in zip(rounds[same], rounds[k], strict=True)]
-                out['ratios_by_round'][f'{k}_over_{same}'] = {
-                    'median': statistics.median(r), 'lowest': min(r), 'highest': max(r), 'rounds': len(r)}
+        for name, (k, ref) in pairs.items():
+            r = [a / b for a, b in zip(rounds[ref], rounds[k], strict=True)]
+            out['ratios_by_round'][name] = {'median': statistics.median(r), 'lowest': min(r), 'highest': max(r),
+                                            'rounds': len(r)}
     return out
 
 

@@ -186,7 +186,7 @@ M = [
  ('DV5 bf16 KV cache on CPU', 'calm_min/device.py', "return torch.float32 if device.type == 'cpu' else dtype", "return dtype", [DEVICE]),
  ('DV6 CPU bf16 needs both capabilities', 'calm_min/device.py', "return any(f() for f in probe)", "return all(f() for f in probe)", [DEVICE]),
  ('BN1 generation tokens/s without the batch', 'bench.py', "res.update(generation_figures(best, B * n, K, w, read_ms))", "res.update(generation_figures(best, n, K, w, read_ms))", ['tests/test_bench.py::test_generation_and_training_report']),
- ('BN2 training ratios inverted', 'bench.py', "ratios[f'{k}_over_{same}'] = best[same] / t", "ratios[f'{k}_over_{same}'] = t / best[same]", BENCH_FIGURES),
+ ('BN2 training ratios inverted', 'bench.py', "'ratios': {name: best[ref] / best[k] for name", "'ratios': {name: best[k] / best[ref] for name", BENCH_FIGURES),
  ('BN3 CALM over baseline inverted', 'bench.py', "res['speedup'] = best['gpt'] / best['calm']", "res['speedup'] = best['calm'] / best['gpt']", BENCH_FIGURES),
  ('BN4 speedups over the reference inverted', 'bench.py', "best['reference_nocache'] / t for name", "t / best['reference_nocache'] for name", BENCH_FIGURES),
  ('BN5 training tokens of the whole window', 'bench.py', "step.tokens = cfg.batch_size * T", "step.tokens = cfg.batch_size * window", ['tests/test_bench.py::test_training_step_trains_on_the_shifted_window']),
@@ -254,7 +254,7 @@ M = [
  ('CF11 eval bootstrap 1 accepted', 'calm_min/config.py', 'if self.bootstrap < 2:', 'if False:', ['tests/test_config.py::test_eval_and_sample_flags_are_checked_at_the_start']),
  ('CF12 eval max_blocks < 0 accepted', 'calm_min/config.py', 'if self.max_blocks < 0:', 'if False:', ['tests/test_config.py::test_eval_and_sample_flags_are_checked_at_the_start']),
  # written with their code (session 17): bench.py's training ratios round by round
- ('BN14 ratios by round inverted', 'bench.py', "r = [a / b for a, b in zip(rounds[same], rounds[k], strict=True)]", "r = [b / a for a, b in zip(rounds[same], rounds[k], strict=True)]", ['tests/test_bench.py::test_training_ratios_by_round_by_hand']),
+ ('BN14 ratios by round inverted', 'bench.py', "r = [a / b for a, b in zip(rounds[ref], rounds[k], strict=True)]", "r = [b / a for a, b in zip(rounds[ref], rounds[k], strict=True)]", ['tests/test_bench.py::test_training_ratios_by_round_by_hand']),
  ('BN15 rounds left out of the training report', 'bench.py', "res = training_figures(best, {k: step.tokens for k, step in steps.items()}, rounds)", "res = training_figures(best, {k: step.tokens for k, step in steps.items()})", ['tests/test_bench.py::test_generation_and_training_report']),
 ]
 

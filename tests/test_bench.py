@@ -28,7 +28,7 @@ def test_generation_and_training_report(capsys):
     assert set(tps) == {f'{m}_{d}' for m in ('reference', 'gpt', 'calm') for d in ('float32', 'bfloat16')}
     assert 'gpt_bfloat16_over_reference_float32' in rep['training']['ratios']
     by_round = rep['training']['ratios_by_round']   # one ratio per round (--repeats=1 here)
-    assert set(by_round) == {f'{m}_{d}_over_reference_{d}' for m in ('gpt', 'calm') for d in ('float32', 'bfloat16')}
+    assert set(by_round) == set(rep['training']['ratios'])
     assert all(r['rounds'] == 1 and r['lowest'] == r['median'] == r['highest'] for r in by_round.values())
     assert set(rep['training'].get('minor_page_faults_per_step', tps)) == set(tps)
     mem = rep['memory']
@@ -170,11 +170,15 @@ def test_training_ratios_by_round_by_hand():
     r = bench.training_figures(best, {k: 1 for k in best}, rounds)
     assert r['ratios']['gpt_float32_over_reference_float32'] == 1.0
     by_round = r['ratios_by_round']
-    assert set(by_round) == {'gpt_float32_over_reference_float32', 'gpt_bfloat16_over_reference_bfloat16'}
+    assert set(by_round) == set(r['ratios'])
     assert by_round['gpt_float32_over_reference_float32'] == {'median': 1.0, 'lowest': 0.8, 'highest': 2.0,
                                                              'rounds': 3}
     assert by_round['gpt_bfloat16_over_reference_bfloat16'] == {'median': 0.5, 'lowest': 0.25, 'highest': 2.0,
                                                                'rounds': 3}
+    assert by_round['gpt_bfloat16_over_reference_float32'] == {'median': 2.0, 'lowest': 1.5, 'highest': 4.0,
+                                                              'rounds': 3}
+    assert by_round['reference_bfloat16_over_reference_float32'] == {'median': 4.0, 'lowest': 2.0, 'highest': 6.0,
+                                                                    'rounds': 3}
 
 
 @pytest.mark.parametrize('kind', ['gpt', 'calm'])
