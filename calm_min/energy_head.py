@@ -77,13 +77,43 @@ def _pow_dist(d: torch.Tensor, alpha: float) -> torch.Tensor:
     return torch.where(pos, torch.where(pos, d, torch.ones_like(d)).pow(alpha), torch.zeros_like(d))
 
 
+class _Distances(torch.autograd.Function):
+    """||x_n - y_m|| for x (P, N, D) and y (P, M, D) -> (P, N, M), through matrix products, in float32
+    whatever the autocast: d^2 = |x_n|^2 + |y_m|^2 - 2 x_n.y_m forward, and backward, with w = grad / d,
+    dL/dx_n = sum_m w_nm (x_n - y_m) = x_n sum_m w_nm - (w @ y)_n (and the same for y). torch.cdist's
+    exact kernel loops over every pair and dimension instead, three times slower forward and backward
+    at l = 128 (docs/throughput.md). The expansion loses digits where d is tiny beside |x| and |y|, and
+    two points that coincide get a small nonzero distance: fine for model samples against target
+    draws, which never coincide, but not for samples against samples (all equal at step 0)."""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        with torch.autocast(x.device.type, enabled=False):
+            sq = torch.baddbmm((x * x).sum(-1, keepdim=True) + (y * y).sum(-1).unsqueeze(-2),
+                               x, y.transpose(1, 2), alpha=-2)                 # (P, N, M)
+            d = sq.clamp_min_(0).sqrt_()
+        ctx.save_for_backward(x, y, d)
+        return d
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, y, d = ctx.saved_tensors
+        with torch.autocast(x.device.type, enabled=False):
+            w = torch.where(d > 0, grad / d, 0.0)                                # (P, N, M)
+            dx = x * w.sum(-1, keepdim=True) - torch.bmm(w, y) if ctx.needs_input_grad[0] else None
+            dy = y * w.sum(-2).unsqueeze(-1) - torch.bmm(w.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        return dx, dy
+
+
 def energy_loss(samples: torch.Tensor, targets: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """samples (N, ..., D) from the model, targets (M, ..., D) from the target distribution ->
     per-position loss (...):  2/(NM) sum_{n,m} ||x_n - y_m||^a  -  1/(N(N-1)) sum_{n!=k} ||x_n - x_k||^a.
 
-    Pairwise distances come from `torch.cdist` on (P, N, D) x (P, M, D) views, so memory grows as
-    P*N*M (the distance matrix), never as P*N*M*D. The exact (non-matmul) distance kernel is used:
-    coincident samples then have distance exactly 0 and a zero, finite gradient."""
+    Pairwise distances come from (P, N, D) x (P, M, D) views, so memory grows as P*N*M (the distance
+    matrix), never as P*N*M*D. Samples against targets go through matrix products (`_Distances`);
+    samples against samples through `torch.cdist`'s exact kernel, so that coincident samples have
+    distance exactly 0 and a zero, finite gradient."""
     N, M = samples.shape[0], targets.shape[0]
     if N < 2:
         raise ValueError(f"energy_loss needs at least 2 model samples per position (got N={N}): the "
@@ -96,8 +126,8 @@ def energy_loss(samples: torch.Tensor, targets: torch.Tensor, alpha: float = 1.0
     batch_shape, D = samples.shape[1:-1], samples.shape[-1]
     x = samples.reshape(N, -1, D).transpose(0, 1).float()                      # (P, N, D)
     y = targets.reshape(M, -1, D).transpose(0, 1).float()                      # (P, M, D)
-    mode = 'donot_use_mm_for_euclid_dist'
-    fidelity = _pow_dist(torch.cdist(x, y, compute_mode=mode), alpha).sum((1, 2))   # (P,)
-    diversity = _pow_dist(torch.cdist(x, x, compute_mode=mode), alpha).sum((1, 2))  # (P,), diagonal is 0
+    exact = 'donot_use_mm_for_euclid_dist'
+    fidelity = _pow_dist(_Distances.apply(x, y), alpha).sum((1, 2))                         # (P,)
+    diversity = _pow_dist(torch.cdist(x, x, compute_mode=exact), alpha).sum((1, 2))         # (P,), diagonal is 0
     loss = 2.0 / (N * M) * fidelity - diversity / (N * (N - 1))
     return loss.view(batch_shape)

@@ -3,8 +3,9 @@
 Counted as `torch.utils.flop_counter.FlopCounterMode` counts (and tested against it): 2 FLOPs per
 multiply-add of every matrix product, attention as 4 * T * d per query token and layer over T keys
 (no saving for causality), nothing for norms, activations, embeddings or the loss's elementwise work.
-The energy loss's pairwise distances (N (M + N) l multiply-adds per position, via cdist) are not
-matrix products for FlopCounterMode; they are given apart, as `energy_loss`.
+The energy loss's pairwise distances (N (M + N) l multiply-adds per position) are given apart, as
+`energy_loss`, and left out of 'training' (FlopCounterMode sees the sample-target ones, which are
+matrix products, and not the sample-sample ones, which go through cdist).
 
 Training FLOPs are 3x the forward FLOPs of the trained parts (the backward pass costs about twice the
 forward) plus 1x for the frozen autoencoder's encoder, which only makes CALM's targets. For CALM the

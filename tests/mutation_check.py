@@ -256,6 +256,12 @@ M = [
  # written with their code (session 17): bench.py's training ratios round by round
  ('BN14 ratios by round inverted', 'bench.py', "r = [a / b for a, b in zip(rounds[ref], rounds[k], strict=True)]", "r = [b / a for a, b in zip(rounds[ref], rounds[k], strict=True)]", ['tests/test_bench.py::test_training_ratios_by_round_by_hand']),
  ('BN15 rounds left out of the training report', 'bench.py', "res = training_figures(best, {k: step.tokens for k, step in steps.items()}, rounds)", "res = training_figures(best, {k: step.tokens for k, step in steps.items()})", ['tests/test_bench.py::test_generation_and_training_report']),
+ # written with their code (session 17): the sample-target distances through matrix products
+ ('E6 distances under autocast', 'calm_min/energy_head.py', "        with torch.autocast(x.device.type, enabled=False):\n            sq =", "        if True:\n            sq =", ['tests/test_energy.py']),
+ ('E7 distance gradient without the x term', 'calm_min/energy_head.py', "dx = x * w.sum(-1, keepdim=True) - torch.bmm(w, y)", "dx = -torch.bmm(w, y)", ['tests/test_energy.py']),
+ ('E8 target gradient summed over the wrong axis', 'calm_min/energy_head.py', "dy = y * w.sum(-2).unsqueeze(-1)", "dy = y * w.sum(-1).mean(-1, keepdim=True).unsqueeze(-1)", ['tests/test_energy.py']),
+ ('E9 no zero-distance guard', 'calm_min/energy_head.py', "w = torch.where(d > 0, grad / d, 0.0)", "w = grad / d", ['tests/test_energy.py']),
+ ('E10 both terms through the expansion', 'calm_min/energy_head.py', "diversity = _pow_dist(torch.cdist(x, x, compute_mode=exact), alpha)", "diversity = _pow_dist(_Distances.apply(x, x), alpha)", ['tests/test_energy.py', 'tests/test_calm.py']),
 ]
 
 if __name__ == '__main__':

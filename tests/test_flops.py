@@ -52,7 +52,8 @@ def test_calm_training_step(K, L, N, M):
     less the attention scores (not counted on CPU, above) and less one product the 3x convention counts
     but backward never forms: the input gradient of the head's first layer, whose input (the noise)
     needs none (2 noise_size d per sample; 0.5% of the step here). The energy loss's distances are
-    apart: N M + N N pairs of l-vectors, l multiply-adds each."""
+    apart: N M + N N pairs of l-vectors, l multiply-adds each; the counter sees the N M sample-target
+    ones, which are matrix products, forward and in the samples' gradient (4 N M l per position)."""
     aec = AEConfig(vocab_size=40, chunk_size=K, latent_size=8, dim=32, hidden=64)
     model = CALM(CALMConfig(backbone=BB, head_blocks=2, noise_size=16, n_samples=N, n_targets=M),
                  Autoencoder(aec)).train()
@@ -62,7 +63,9 @@ def test_calm_training_step(K, L, N, M):
         model(x[:, :-K], x[:, K:])[1].backward()
     f = model.flops_per_token(L * K)
     not_formed = N * 2 * 16 * BB.n_embd                                      # per position
-    assert counted(step) == L * K * (f['training'] - f['training_parts']['attention_scores']) - L * not_formed
+    distances = 4 * N * M * aec.latent_size                                   # per position
+    assert counted(step) == (L * K * (f['training'] - f['training_parts']['attention_scores'])
+                             - L * not_formed + L * distances)
     assert f['energy_loss'] * K == 2 * (N * M + N * N) * aec.latent_size
 
 
