@@ -262,6 +262,9 @@ M = [
  ('E8 target gradient summed over the wrong axis', 'calm_min/energy_head.py', "dy = y * w.sum(-2).unsqueeze(-1)", "dy = y * w.sum(-1).mean(-1, keepdim=True).unsqueeze(-1)", ['tests/test_energy.py']),
  ('E9 no zero-distance guard', 'calm_min/energy_head.py', "w = torch.where(d > 0, grad / d, 0.0)", "w = grad / d", ['tests/test_energy.py']),
  ('E10 both terms through the expansion', 'calm_min/energy_head.py', "diversity = _pow_dist(torch.cdist(x, x, compute_mode=exact), alpha)", "diversity = _pow_dist(_Distances.apply(x, x), alpha)", ['tests/test_energy.py', 'tests/test_calm.py']),
+ # written with their code (session 17): float32 attention for CPU autocast training
+ ('A1 float32 attention in evaluation too', 'calm_min/backbone.py', "return q.device.type == 'cpu' and torch.is_grad_enabled() and torch.is_autocast_enabled('cpu')", "return q.device.type == 'cpu' and torch.is_autocast_enabled('cpu')", ['tests/test_backbone.py']),
+ ('A2 bf16 attention in training', 'calm_min/backbone.py', "return q.device.type == 'cpu' and torch.is_grad_enabled() and torch.is_autocast_enabled('cpu')", "return False", ['tests/test_backbone.py']),
 ]
 
 if __name__ == '__main__':

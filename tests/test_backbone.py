@@ -202,3 +202,27 @@ def test_rms_norm_takes_torch_path_where_the_cpu_function_does_not_apply():
     with torch.no_grad():
         assert norm(x).grad_fn is None                           # inference: torch's kernel, no autograd node
     assert type(norm(x.bfloat16()).grad_fn).__name__ != '_CPURMSNormBackward'   # bf16 input: F.rms_norm
+
+
+def test_attention_runs_in_float32_when_training_under_cpu_autocast(monkeypatch):
+    """Under CPU bf16 autocast, attention takes float32 inputs when gradients are on (training: the
+    bf16 backward is the slower one on a CPU) and bf16 inputs when they are off (evaluation,
+    generation); without autocast, the weights' dtype."""
+    model = GPT(GPTConfig(vocab_size=50, backbone=BackboneConfig(n_layer=2, n_head=2, n_embd=64)))
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return sdpa(q, k, v, **kw)
+    monkeypatch.setattr(F, 'scaled_dot_product_attention', spy)
+    x = torch.randint(50, (2, 12))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        loss = model(x[:, :-1], x[:, 1:])[1]
+        with torch.no_grad():
+            model(x[:, :-1], x[:, 1:])
+    model(x[:, :-1], x[:, 1:])
+    f32, bf16 = (torch.float32,) * 3, (torch.bfloat16,) * 3
+    assert seen == [f32, f32, bf16, bf16, f32, f32]
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
