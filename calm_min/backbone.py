@@ -227,7 +227,7 @@ def _float32_attention(q: torch.Tensor) -> bool:
     """Whether attention runs in float32 although CPU autocast is on: when training (gradients on). On a
     CPU, torch's flash-attention backward is slower in bf16 than in float32 (torch 2.13: about 1.5x for
     the baseline's and 5x for CALM's at the tiny sizes), while its forward is faster in bf16, so
-    evaluation and generation under autocast keep bf16 (docs/throughput.md, *bf16 attention on a CPU*)."""
+    evaluation and generation under autocast keep bf16 (docs/throughput.md, *The second CPU again*)."""
     return q.device.type == 'cpu' and torch.is_grad_enabled() and torch.is_autocast_enabled('cpu')
 
 
