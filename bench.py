@@ -34,8 +34,8 @@ training:   tokens of text per second of a full training step (forward, backward
   Rounds alternate the variants (--repeats rounds, the best of each kept), so the ratios compare
   runs made side by side; 'ratios_by_round' also gives each of those ratios round by round
   (median, lowest, highest over the rounds), the steadier figure on a machine whose load drifts
-  (take --repeats=7 or more there); the first, untimed steps compile. Also the minor page faults per step
-  (memory the OS maps afresh, e.g. after the allocator returned it), where the OS reports them.
+  (take --repeats=7 or more there); the first, untimed steps compile. Also the minor page faults
+  per step (memory the OS maps afresh, e.g. after the allocator returned it), where the OS reports them.
 profile:    torch.profiler (--profile=training, decoding or both): --train_steps float32 eager training
   steps of the reference and of the baseline; one compiled generate() of each model (--dtype weights,
   batch --gen_batch). For each, the top-5 ops by self CPU time (CUDA time on a GPU) and the self CPU
@@ -378,8 +378,9 @@ def training_figures(best: dict, tokens: dict, rounds: dict | None = None) -> di
     '_compiled' where compiled, in the order timed, a reference first) and the tokens of text a step of
     each trains on: tokens/s; each model's speedup over the reference of the same dtype and compile
     setting; every variant's over the first reference timed. With `rounds` (each variant's seconds per
-    step in every round), also each of those speedups round by round: their median, lowest and highest. A round's two timings lie a few seconds apart, so a machine whose load drifts
-    moves both, and the median of many rounds is steadier than the ratio of two best times."""
+    step in every round), also each of those speedups round by round: their median, lowest and
+    highest. A round's two timings lie a few seconds apart, so a machine whose load drifts moves
+    both, and the median of many rounds is steadier than the ratio of two best times."""
     pairs = {}                                       # ratio name -> (variant, the reference it is measured against)
     base = next(k for k in best if k.startswith('reference'))
     for k in best:

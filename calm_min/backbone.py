@@ -219,7 +219,8 @@ class Attention(nn.Module):
                 y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
                                                    is_causal=is_causal)                           # (B, H, T, hd)
         else:
-            y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, T, hd)
+            y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask,
+                                               is_causal=is_causal)                               # (B, H, T, hd)
         return self.proj(y.to(q.dtype).transpose(1, 2).reshape(B, T, C))
 
 
