@@ -48,7 +48,7 @@ M = [
  ('E1 fidelity weight 1/(NM)', 'calm_min/energy_head.py', "loss = 2.0 / (N * M) * fidelity", "loss = 1.0 / (N * M) * fidelity", ['tests/test_energy.py']),
  ('E2 diversity over N^2 pairs', 'calm_min/energy_head.py', "diversity / (N * (N - 1))", "diversity / (N * N)", ['tests/test_energy.py']),
  ('E3 alpha ignored', 'calm_min/energy_head.py', "    if alpha == 1.0:\n        return d", "    if True:\n        return d", ['tests/test_energy.py']),
- ('E4 diversity against the targets', 'calm_min/energy_head.py', "_pow_dist(torch.cdist(x, x, compute_mode=mode)", "_pow_dist(torch.cdist(x, y[:, :N], compute_mode=mode)", ['tests/test_energy.py']),
+ ('E4 diversity against the targets', 'calm_min/energy_head.py', "_pow_dist(torch.cdist(x, x, compute_mode=exact)", "_pow_dist(torch.cdist(x, y[:, :N], compute_mode=exact)", ['tests/test_energy.py']),
  ('E5 positions mixed', 'calm_min/energy_head.py', "x = samples.reshape(N, -1, D).transpose(0, 1).float()", "x = samples.reshape(-1, N, D).float()", ['tests/test_energy.py']),
  ('H1 noise U[0, 1]', 'calm_min/energy_head.py', "dtype=h.dtype) - 0.5", "dtype=h.dtype)", ['tests/test_energy.py']),
  ('H2 condition detached', 'calm_min/energy_head.py', "c = self.cond_norm(self.cond_in(h))", "c = self.cond_norm(self.cond_in(h.detach()))", ['tests/test_interface.py']),

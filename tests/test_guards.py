@@ -181,3 +181,13 @@ def test_device_choices_by_hand(monkeypatch):
         monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: avx, raising=False)
         monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: amx, raising=False)
         assert dv.cpu_has_bf16() == (avx or amx)
+
+
+def test_every_planted_bug_still_finds_its_line():
+    """Each entry of tests/mutation_check.py names text that its file still holds, so the slow tier's
+    check plants every bug instead of stopping at the first entry a later change left stale."""
+    from pathlib import Path
+    from mutation_check import M
+    root = Path(__file__).resolve().parent.parent
+    stale = [name for name, path, text, _, _ in M if text not in (root / path).read_text()]
+    assert not stale, f"mutation entries whose text is no longer in their file (update them): {stale}"
