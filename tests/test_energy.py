@@ -57,8 +57,8 @@ def test_sample_target_distances_pass_gradcheck():
 
 def test_sample_target_distances_are_accurate_in_float32_at_latent_scale():
     """The expansion |x|^2 + |y|^2 - 2 x.y loses digits where distances are small beside the points'
-    norms. At l = 128, with the points 34 from the origin and 2-6 apart (about what the latents of
-    config/tiny.py give), the distances stay within 1e-4 (relative) of the exact kernel's."""
+    norms. At l = 128, with the points about 34 from the origin and about 6 apart, the distances stay
+    within 1e-4 (relative) of the exact kernel's."""
     g = torch.Generator().manual_seed(0)
     mu = 3 * torch.randn(64, 1, 128, generator=g)
     x, y = mu + 0.1 * torch.randn(64, 8, 128, generator=g), mu + 0.5 * torch.randn(64, 100, 128, generator=g)
