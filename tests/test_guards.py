@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -186,7 +187,6 @@ def test_device_choices_by_hand(monkeypatch):
 def test_every_planted_bug_still_finds_its_line():
     """Each entry of tests/mutation_check.py names text that its file still holds, so the slow tier's
     check plants every bug instead of stopping at the first entry a later change left stale."""
-    from pathlib import Path
     from mutation_check import M
     root = Path(__file__).resolve().parent.parent
     stale = [name for name, path, text, _, _ in M if text not in (root / path).read_text()]
