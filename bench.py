@@ -6,6 +6,7 @@ the weights.
     python bench.py config/tiny.py --what=memory --positions=4096
     python bench.py config/tiny.py --what=training --train_dtypes=float32,bfloat16 --train_compile=both
     python bench.py config/tiny.py --what=profile     # torch.profiler: training steps, compiled decoding steps
+    python bench.py config/tiny.py --what=ablation --train_dtypes=float32 --repeats=12 --train_steps=3
     python bench.py config/gpu_small.py --what=generation --device=cpu --dtype=float32
 
 Every figure is set beside `Reference`, a plain GPT-2-style model written here in the manner of
@@ -43,6 +44,11 @@ profile:    torch.profiler (--profile=training, decoding or both): --train_steps
   compiled kernels, dynamo's guard check before each compiled call ('TorchDynamo Cache Lookup'), other.
   On CPU the compiled step's wrapper is C++ and calls attention itself, unseen by the profiler, so
   there attention counts with the compiled kernels.
+ablation:   where the baseline's training speed against the reference comes from: the training figures
+  (eager, each of --train_dtypes) of the reference, the baseline, and the baseline with the
+  reference's layers in place of the paper's Llama-style ones, one kind at a time and all three
+  (LayerNorm for RMSNorm, learned positions for RoPE, a GELU MLP of width 4d for SwiGLU), each over
+  the reference and over the baseline ('..._over_gpt_...'), by best times and round by round.
 flops:      analytic FLOPs per token, inference and training, by part (calm_min/flops.py).
 memory:     peak memory of energy_loss (forward + backward) at N samples, M targets, P positions,
   against a naive version that materialises the (N, M, P, l) difference tensor. On CPU each
@@ -51,6 +57,7 @@ memory:     peak memory of energy_loss (forward + backward) at N samples, M targ
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -64,6 +71,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import calm_min.backbone as backbone_module
 from calm_min.backbone import cache_length
 from calm_min.config import ConfigError, TrainConfig, help_text, parse_args
 from calm_min.device import (autocast, compile_for_decoding, decode_cache_dtype, keep_freed_memory, pick_device,
@@ -75,7 +83,7 @@ from train import build_model, make_optimizer
 @dataclass
 class BenchConfig:
     """The benchmark's own options; the model sizes come from a training preset and its flags."""
-    what: str = 'all'              # all, generation, training, memory, flops, profile
+    what: str = 'all'              # all, generation, training, memory, flops, profile, ablation
     gen_batch: int = 1             # sequences generated at once
     gen_tokens: int = 256          # new tokens per sequence
     gen_compile: bool = True       # also time the compiled decoding step
@@ -89,8 +97,9 @@ class BenchConfig:
     profile: str = 'both'          # profile: training (float32 eager), decoding (compiled), both
 
     def validate(self):
-        if self.what not in ('all', 'generation', 'training', 'memory', 'flops', 'profile'):
-            raise ConfigError(f"--what must be all, generation, training, memory, flops or profile; got {self.what!r}")
+        if self.what not in ('all', 'generation', 'training', 'memory', 'flops', 'profile', 'ablation'):
+            raise ConfigError("--what must be all, generation, training, memory, flops, profile or ablation; "
+                              f"got {self.what!r}")
         if self.profile not in ('training', 'decoding', 'both'):
             raise ConfigError(f"--profile must be training, decoding or both; got {self.profile!r}")
         if self.gen_cudagraphs not in ('auto', 'true', 'false'):
@@ -349,7 +358,22 @@ def bench_training(bench, cfg, device, gpt, calm, ref):
         for comp in compiles:
             for name, model in (('reference', ref), ('gpt', gpt), ('calm', calm)):
                 steps[f"{name}_{dtype}{'_compiled' if comp else ''}"] = _train_step(cfg, device, model, dtype, comp, g)
-    for step in steps.values():                                # warm-up (and compilation), untimed
+    rounds, faults = timed_rounds(steps, bench, device)
+    best = {k: min(v) for k, v in rounds.items()}
+    res = training_figures(best, {k: step.tokens for k, step in steps.items()}, rounds)
+    res['seconds_per_step'] = best
+    if minor_page_faults():      # how often a step touched memory the OS had to map afresh (median over rounds)
+        res['minor_page_faults_per_step'] = {k: round(statistics.median(v)) for k, v in faults.items()}
+    for m in (gpt, calm, ref):
+        m.eval()
+    return res
+
+
+def timed_rounds(steps: dict, bench, device) -> tuple[dict, dict]:
+    """Two untimed steps of each variant (compilation, warm-up), then --repeats rounds, each timing
+    --train_steps steps of every variant in turn -> (seconds per step, minor page faults per step), each
+    variant's list holding one figure per round."""
+    for step in steps.values():
         for _ in range(2):
             step()
     rounds = {k: [] for k in steps}
@@ -363,24 +387,18 @@ def bench_training(bench, cfg, device, gpt, calm, ref):
             sync(device)
             rounds[k].append((time.perf_counter() - t0) / bench.train_steps)
             faults[k].append((minor_page_faults() - f0) / bench.train_steps)
-    best = {k: min(v) for k, v in rounds.items()}
-    res = training_figures(best, {k: step.tokens for k, step in steps.items()}, rounds)
-    res['seconds_per_step'] = best
-    if minor_page_faults():      # how often a step touched memory the OS had to map afresh (median over rounds)
-        res['minor_page_faults_per_step'] = {k: round(statistics.median(v)) for k, v in faults.items()}
-    for m in (gpt, calm, ref):
-        m.eval()
-    return res
+    return rounds, faults
 
 
-def training_figures(best: dict, tokens: dict, rounds: dict | None = None) -> dict:
+def training_figures(best: dict, tokens: dict, rounds: dict | None = None, also_over: str = '') -> dict:
     """bench_training's figures from the best seconds per step of each variant ('{model}_{dtype}' with
     '_compiled' where compiled, in the order timed, a reference first) and the tokens of text a step of
     each trains on: tokens/s; each model's speedup over the reference of the same dtype and compile
     setting; every variant's over the first reference timed. With `rounds` (each variant's seconds per
     step in every round), also each of those speedups round by round: their median, lowest and
     highest. A round's two timings lie a few seconds apart, so a machine whose load drifts moves
-    both, and the median of many rounds is steadier than the ratio of two best times."""
+    both, and the median of many rounds is steadier than the ratio of two best times. With `also_over`
+    (a variant), every other variant but a reference is also set over that one."""
     pairs = {}                                       # ratio name -> (variant, the reference it is measured against)
     base = next(k for k in best if k.startswith('reference'))
     for k in best:
@@ -389,6 +407,8 @@ def training_figures(best: dict, tokens: dict, rounds: dict | None = None) -> di
             pairs[f'{k}_over_{same}'] = (k, same)
         if k != base:
             pairs[f'{k}_over_{base}'] = (k, base)
+        if also_over and k != also_over and not k.startswith('reference'):
+            pairs[f'{k}_over_{also_over}'] = (k, also_over)
     out = {'train_tokens_per_s': {k: tokens[k] / t for k, t in best.items()},
            'ratios': {name: best[ref] / best[k] for name, (k, ref) in pairs.items()}}
     if rounds:
@@ -398,6 +418,108 @@ def training_figures(best: dict, tokens: dict, rounds: dict | None = None) -> di
             out['ratios_by_round'][name] = {'median': statistics.median(r), 'lowest': min(r), 'highest': max(r),
                                             'rounds': len(r)}
     return out
+
+
+# The ablation: the baseline with the reference's layers in place of the paper's (Llama-style) ones.
+ABLATIONS = {'layernorm': ('norm',),                  # LayerNorm (with bias) for every RMSNorm
+             'learned-positions': ('positions',),     # learned absolute positions at the input, no RoPE
+             'gelu-mlp': ('mlp',),                    # a GELU MLP of width 4d (with biases) for SwiGLU
+             'gpt2-layers': ('norm', 'positions', 'mlp')}
+
+
+class _LearnedPositions(nn.Module):
+    """The token embedding plus a learned position table, as the reference's input; `weight` stays the
+    token table, so the baseline's tied LM head reads it as before."""
+
+    def __init__(self, tok: nn.Embedding, n_positions: int):
+        super().__init__()
+        self.tok, self.pos = tok, nn.Embedding(n_positions, tok.embedding_dim)
+        nn.init.normal_(self.pos.weight, std=0.02)
+
+    @property
+    def weight(self):
+        return self.tok.weight
+
+    def forward(self, x):
+        return self.tok(x) + self.pos(torch.arange(x.shape[1], device=x.device))         # (B, T, d)
+
+
+def ablated(gpt, swaps: tuple, n_positions: int):
+    """A copy of the baseline with the layers named in `swaps` replaced by the reference's (ABLATIONS);
+    with learned positions, its backbone runs without RoPE."""
+    m = copy.deepcopy(gpt)
+    d = m.cfg.backbone.n_embd
+    for blk in m.backbone.blocks:
+        if 'norm' in swaps:
+            blk.attn_norm, blk.mlp.norm = nn.LayerNorm(d), nn.LayerNorm(d)
+        if 'mlp' in swaps:
+            blk.mlp.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+            for lin in (blk.mlp.mlp[0], blk.mlp.mlp[2]):
+                nn.init.normal_(lin.weight, std=0.02)
+    if 'norm' in swaps:
+        m.backbone.norm = nn.LayerNorm(d)
+    if 'positions' in swaps:
+        m.tok_emb = _LearnedPositions(m.tok_emb, n_positions)
+        m.backbone.forward = _without_rope(m.backbone.forward)
+    return m
+
+
+def _without_rope(forward):
+    def wrapped(*args, **kwargs):
+        with rope_off():
+            return forward(*args, **kwargs)
+    return wrapped
+
+
+@contextlib.contextmanager
+def rope_off():
+    """Attention without rotary embeddings: the backbone's `rope` is the identity inside this block
+    (the autograd graph then holds no rotation either)."""
+    saved = backbone_module.rope
+    backbone_module.rope = lambda x, cos, sin: x
+    try:
+        yield
+    finally:
+        backbone_module.rope = saved
+
+
+def bench_ablation(bench, cfg, device, gpt, ref):
+    """Where the baseline's training speed against the reference comes from: the reference, the
+    baseline and the baseline with each of the paper's layers swapped for the reference's (ABLATIONS),
+    eager, in each of --train_dtypes, timed in alternating rounds as bench_training times them. Each
+    variant is set over the reference and over the baseline, by best times and round by round."""
+    dtypes = [d for d in bench.train_dtypes.split(',') if d] or [cfg.dtype]
+    g = torch.Generator().manual_seed(0)
+    variants = {'gpt': gpt} | {f'gpt-{name}': ablated(gpt, swaps, gpt.train_window(cfg.block_size))
+                               for name, swaps in ABLATIONS.items()}
+    steps, res = {}, {'params': {name: sum(p.numel() for p in m.parameters()) for name, m in variants.items()}}
+    for dtype in dtypes:
+        steps[f'reference_{dtype}'] = _train_step(cfg, device, ref, dtype, False, g)
+        for name, m in variants.items():
+            steps[f'{name}_{dtype}'] = _train_step(cfg, device, m, dtype, False, g)
+    rounds, _ = timed_rounds(steps, bench, device)
+    for dtype in dtypes:
+        mine = {k: v for k, v in rounds.items() if k.endswith('_' + dtype)}
+        res[dtype] = training_figures({k: min(v) for k, v in mine.items()}, {k: steps[k].tokens for k in mine},
+                                      mine, also_over=f'gpt_{dtype}')
+        print(ablation_table(res[dtype], dtype), file=sys.stderr)
+    for m in (gpt, ref):
+        m.eval()
+    return res
+
+
+def ablation_table(r: dict, dtype: str) -> str:
+    """One line per variant: tokens/s, and its ratio over the reference and over the baseline in the
+    median round (the lowest and highest rounds in brackets)."""
+    by_round = r['ratios_by_round']
+    cell = lambda name: (f"{by_round[name]['median']:.3f} [{by_round[name]['lowest']:.3f}, "
+                         f"{by_round[name]['highest']:.3f}]" if name in by_round else '1')
+    lines = [f"ablation, {dtype}: tokens/s | x reference | x baseline (median round [lowest, highest])"]
+    for k, tps in r['train_tokens_per_s'].items():
+        ref, base = f'reference_{dtype}', f'gpt_{dtype}'
+        lines.append(f"{k.removesuffix('_' + dtype):24s} {tps:8.0f} | {cell(f'{k}_over_{ref}')} | "
+                     f"{cell(f'{k}_over_{base}') if k != ref else '-'}")
+    return '\n'.join(lines)
 
 
 def minor_page_faults() -> int:
@@ -583,6 +705,8 @@ def main(bench: BenchConfig, cfg: TrainConfig, argv=()) -> dict:
         report['flops'] = bench_flops(cfg, gpt, calm)
     if bench.what in ('all', 'training'):
         report['training'] = bench_training(bench, cfg, device, gpt, calm, ref)
+    if bench.what == 'ablation':
+        report['ablation'] = bench_ablation(bench, cfg, device, gpt, ref)
     if bench.what in ('all', 'memory'):
         report['memory'] = bench_memory(bench, cfg, device, [a for a in argv if not a.startswith('--what')])
     print(json.dumps(report, indent=1))

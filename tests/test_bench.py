@@ -112,7 +112,8 @@ def test_bench_flags_are_checked():
     from calm_min.config import ConfigError
     for flag, msg in (('--gen_cudagraphs=maybe', 'gen_cudagraphs must be auto, true or false'),
                       ('--train_compile=yes', 'train_compile must be auto, true, false or both'),
-                      ('--what=speed', 'what must be all, generation')):
+                      ('--what=speed', 'what must be all, generation'),
+                      ('--what=ablations', 'profile or ablation; got')):
         with pytest.raises(ConfigError, match=msg):
             bench_cfg(flag)                                   # parse_args validates
 
@@ -241,3 +242,80 @@ def test_flops_figures_are_the_models_own():
     assert r['context_tokens'] == ctx
     assert r['calm_over_gpt_inference'] == pytest.approx(c['inference'] / g['inference'])
     assert r['calm_over_gpt_training'] == pytest.approx(c['training'] / g['training'])
+
+
+def test_training_figures_also_over_the_baseline_by_hand():
+    """`also_over`: every variant but a reference also set over the named one, by best times and round
+    by round (the ablation sets each swapped baseline over the baseline)."""
+    rounds = {'reference_float32': [4.0, 4.0, 4.0], 'gpt_float32': [5.0, 4.0, 8.0], 'gpt-x_float32': [2.5, 4.0, 2.0]}
+    best = {k: min(v) for k, v in rounds.items()}
+    r = bench.training_figures(best, {k: 1 for k in best}, rounds, also_over='gpt_float32')
+    assert set(r['ratios']) == {'gpt_float32_over_reference_float32', 'gpt-x_float32_over_reference_float32',
+                                'gpt-x_float32_over_gpt_float32'}
+    assert r['ratios']['gpt-x_float32_over_gpt_float32'] == 2.0                     # 4.0 / 2.0
+    assert r['ratios_by_round']['gpt-x_float32_over_gpt_float32'] == {'median': 2.0, 'lowest': 1.0, 'highest': 4.0,
+                                                                      'rounds': 3}
+
+
+def test_ablated_baselines_swap_what_they_say():
+    """Each ablation puts the reference's layers in a copy of the baseline and leaves the baseline as it
+    was; with all three swapped, the copy is the reference less its attention biases (4d per layer)."""
+    from calm_min.backbone import RMSNorm, SwiGLU
+    _, cfg = bench_cfg()
+    gpt, _, ref = bench.models(cfg, torch.device('cpu'))
+    before = {k: v.clone() for k, v in gpt.state_dict().items()}
+    kinds = lambda m: {type(x) for x in m.modules()}
+    n = lambda m: sum(p.numel() for p in m.parameters())
+    window = gpt.train_window(cfg.block_size)
+    for name, swaps in bench.ABLATIONS.items():
+        m = bench.ablated(gpt, swaps, window)
+        assert (RMSNorm in kinds(m)) != ('norm' in swaps) and (torch.nn.LayerNorm in kinds(m)) == ('norm' in swaps), name
+        assert (SwiGLU in kinds(m)) != ('mlp' in swaps) and (torch.nn.GELU in kinds(m)) == ('mlp' in swaps), name
+        assert (m.tok_emb.weight is not gpt.tok_emb.weight) and hasattr(m.tok_emb, 'pos') == ('positions' in swaps)
+        assert m.lm_head(torch.ones(cfg.n_embd)).shape == (cfg.vocab_size,)          # the head reads the token table
+    full = bench.ablated(gpt, bench.ABLATIONS['gpt2-layers'], window)
+    assert n(ref) - n(full) == cfg.n_layer * 4 * cfg.n_embd
+    assert all(torch.equal(before[k], v) for k, v in gpt.state_dict().items())
+    assert kinds(gpt) >= {RMSNorm, SwiGLU}
+
+
+def test_learned_positions_carry_the_order_without_rope():
+    """The learned-positions variant's backbone runs without rotary embeddings (inside rope_off()). With
+    one layer and its position table zeroed, its last position cannot tell two orders of the tokens
+    before it apart; with the table, it can, and so can the baseline, through RoPE, after the variant
+    ran. rope_off restores RoPE also when what runs inside it raises."""
+    import calm_min.backbone as backbone_module
+    _, cfg = bench_cfg('--n_layer=1')
+    gpt, _, _ = bench.models(cfg, torch.device('cpu'))
+    x = torch.tensor([[3, 5, 7, 9]])
+    y = torch.tensor([[5, 3, 7, 9]])                                  # the first two swapped
+    last = lambda m, t: m(t)[0][0, -1]
+    rope = backbone_module.rope
+    m = bench.ablated(gpt, ('positions',), gpt.train_window(cfg.block_size))
+    assert not torch.allclose(last(m, x), last(m, y), atol=1e-6)     # the learned table: order seen
+    with torch.no_grad():
+        m.tok_emb.pos.weight.zero_()
+    torch.testing.assert_close(last(m, x), last(m, y))               # no table, no RoPE: order unseen
+    assert backbone_module.rope is rope
+    assert not torch.allclose(last(gpt, x), last(gpt, y), atol=1e-6)  # the baseline: RoPE
+    with pytest.raises(RuntimeError), bench.rope_off():
+        assert backbone_module.rope is not rope
+        raise RuntimeError
+    assert backbone_module.rope is rope
+
+
+def test_ablation_report(capsys):
+    """--what=ablation: every variant's training figures in each dtype, each over the reference and
+    over the baseline, round by round, and a table on stderr (stdout stays JSON)."""
+    rep = bench.main(*bench_cfg('--what=ablation', '--train_dtypes=float32,bfloat16'), ['--what=ablation'])['ablation']
+    names = ['gpt'] + [f'gpt-{a}' for a in bench.ABLATIONS]
+    assert set(rep['params']) == set(names)
+    for d in ('float32', 'bfloat16'):
+        assert set(rep[d]['train_tokens_per_s']) == {f'{m}_{d}' for m in ['reference'] + names}
+        by_round = rep[d]['ratios_by_round']
+        for m in names[1:]:
+            assert by_round[f'{m}_{d}_over_gpt_{d}']['rounds'] == 1
+            assert by_round[f'{m}_{d}_over_reference_{d}']['median'] == pytest.approx(
+                rep[d]['ratios'][f'{m}_{d}_over_reference_{d}'])                        # one round: the best times
+    err = capsys.readouterr().err
+    assert 'ablation, float32' in err and 'gpt-gpt2-layers' in err
