@@ -106,6 +106,9 @@ class BenchConfig:
             raise ConfigError(f"--gen_cudagraphs must be auto, true or false; got {self.gen_cudagraphs!r}")
         if self.train_compile not in ('auto', 'true', 'false', 'both'):
             raise ConfigError(f"--train_compile must be auto, true, false or both; got {self.train_compile!r}")
+        if self.what == 'ablation' and self.train_compile in ('true', 'both'):
+            raise ConfigError("--what=ablation times eager steps only; drop --train_compile (the ablation's RoPE "
+                              "switch works on the eager backbone)")
         for d in filter(None, self.train_dtypes.split(',')):
             if d not in ('float32', 'bfloat16', 'auto'):
                 raise ConfigError(f"--train_dtypes takes float32, bfloat16 or auto, comma-separated; got {d!r}")

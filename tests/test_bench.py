@@ -113,9 +113,10 @@ def test_bench_flags_are_checked():
     for flag, msg in (('--gen_cudagraphs=maybe', 'gen_cudagraphs must be auto, true or false'),
                       ('--train_compile=yes', 'train_compile must be auto, true, false or both'),
                       ('--what=speed', 'what must be all, generation'),
-                      ('--what=ablations', 'profile or ablation; got')):
+                      ('--what=ablations', 'profile or ablation; got'),
+                      ('--what=ablation --train_compile=both', 'ablation times eager steps only')):
         with pytest.raises(ConfigError, match=msg):
-            bench_cfg(flag)                                   # parse_args validates
+            bench_cfg(*flag.split())                          # parse_args validates
 
 
 def test_generation_figures_by_hand():
