@@ -15,6 +15,9 @@ import subprocess
 import sys
 
 GUARDS = ['tests/test_guards.py', 'tests/test_extensions.py']
+# fails while any entry is planted (the file no longer holds the entry's text), so it would catch every
+# bug of an entry that runs all of test_guards.py: each run leaves it out
+STALE_GUARD = 'tests/test_guards.py::test_every_planted_bug_still_finds_its_line'
 TRAIN_LOOP = 'tests/test_train.py::test_training_clips_validates_on_val_and_skips_an_infinite_gradient'
 HASHES = 'tests/test_scripts.py::test_weights_changed_after_saving_are_refused'
 FLAGS = 'tests/test_config.py::test_every_model_flag_reaches_its_model_config'
@@ -283,8 +286,8 @@ if __name__ == '__main__':
         assert a in src, (name, a)           # every occurrence is replaced
         open(path, 'w').write(src.replace(a, b))
         try:
-            r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-x', '-p', 'no:cacheprovider', *tests],
-                               capture_output=True, text=True)
+            r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-x', '-p', 'no:cacheprovider', *tests,
+                                '--deselect', STALE_GUARD], capture_output=True, text=True)
             last = [l for l in r.stdout.splitlines() if 'FAILED' in l][:1]
             print(f"{name}: {'CAUGHT' if r.returncode else 'MISSED'} {last}", flush=True)
             missed += r.returncode == 0
