@@ -1,6 +1,6 @@
 """Plants plausible bugs in the mathematics and the plumbing, one at a time, runs the tests that exist
 to catch each, and restores the code: every line must say CAUGHT (exit status 1 otherwise). Run from
-the repository root (about 13 minutes; the slow tier runs it too). It rewrites the files in place and
+the repository root (about 30 minutes on a 2-core CPU; the slow tier runs it too). It rewrites the files in place and
 restores each before the next bug (also when interrupted), so run nothing else from this checkout
 meanwhile:
 
