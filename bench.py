@@ -6,7 +6,7 @@ the weights.
     python bench.py config/tiny.py --what=memory --positions=4096
     python bench.py config/tiny.py --what=training --train_dtypes=float32,bfloat16 --train_compile=both
     python bench.py config/tiny.py --what=profile     # torch.profiler: training steps, compiled decoding steps
-    python bench.py config/tiny.py --what=ablation --train_dtypes=float32 --repeats=12 --train_steps=3
+    python bench.py config/tiny.py --what=ablation --train_dtypes=float32 --repeats=20 --train_steps=3
     python bench.py config/gpu_small.py --what=generation --device=cpu --dtype=float32
 
 Every figure is set beside `Reference`, a plain GPT-2-style model written here in the manner of
@@ -448,8 +448,9 @@ class _LearnedPositions(nn.Module):
 
 
 def ablated(gpt, swaps: tuple, n_positions: int):
-    """A copy of the baseline with the layers named in `swaps` replaced by the reference's (ABLATIONS);
-    with learned positions, its backbone runs without RoPE."""
+    """A copy of the baseline, on its device, with the layers named in `swaps` replaced by the reference's
+    (ABLATIONS); with learned positions, its backbone runs without RoPE (a wrapped `forward`, which a
+    further deepcopy would share: ablate the baseline again instead)."""
     m = copy.deepcopy(gpt)
     d = m.cfg.backbone.n_embd
     for blk in m.backbone.blocks:
@@ -464,7 +465,7 @@ def ablated(gpt, swaps: tuple, n_positions: int):
     if 'positions' in swaps:
         m.tok_emb = _LearnedPositions(m.tok_emb, n_positions)
         m.backbone.forward = _without_rope(m.backbone.forward)
-    return m
+    return m.to(next(gpt.parameters()).device)
 
 
 def _without_rope(forward):
