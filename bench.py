@@ -464,21 +464,14 @@ def ablated(gpt, swaps: tuple, n_positions: int):
         m.backbone.norm = nn.LayerNorm(d)
     if 'positions' in swaps:
         m.tok_emb = _LearnedPositions(m.tok_emb, n_positions)
-        m.backbone.forward = _without_rope(m.backbone.forward)
+        m.backbone.forward = rope_off()(m.backbone.forward)
     return m.to(next(gpt.parameters()).device)
-
-
-def _without_rope(forward):
-    def wrapped(*args, **kwargs):
-        with rope_off():
-            return forward(*args, **kwargs)
-    return wrapped
 
 
 @contextlib.contextmanager
 def rope_off():
     """Attention without rotary embeddings: the backbone's `rope` is the identity inside this block
-    (the autograd graph then holds no rotation either)."""
+    (the autograd graph then holds no rotation either); `rope_off()(f)` runs f so."""
     saved = backbone_module.rope
     backbone_module.rope = lambda x, cos, sin: x
     try:

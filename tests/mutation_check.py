@@ -271,7 +271,7 @@ M = [
  # written with their code (session 18): bench.py's ablation of the Llama-style layers
  ('BN16 over-the-baseline ratios inverted', 'bench.py', "pairs[f'{k}_over_{also_over}'] = (k, also_over)", "pairs[f'{k}_over_{also_over}'] = (also_over, k)", ['tests/test_bench.py::test_training_figures_also_over_the_baseline_by_hand']),
  ('BN17 rope_off leaves RoPE off', 'bench.py', "        backbone_module.rope = saved\n", "        pass\n", ['tests/test_bench.py::test_learned_positions_carry_the_order_without_rope']),
- ('BN18 learned positions with RoPE still on', 'bench.py', "        m.backbone.forward = _without_rope(m.backbone.forward)\n", "", ['tests/test_bench.py::test_learned_positions_carry_the_order_without_rope']),
+ ('BN18 learned positions with RoPE still on', 'bench.py', "        m.backbone.forward = rope_off()(m.backbone.forward)\n", "", ['tests/test_bench.py::test_learned_positions_carry_the_order_without_rope']),
  ('BN19 the GELU MLP not swapped in', 'bench.py', "        if 'mlp' in swaps:\n", "        if False:\n", ['tests/test_bench.py::test_ablated_baselines_swap_what_they_say']),
  ('BN20 ablation without the norm swap', 'bench.py', "            blk.attn_norm, blk.mlp.norm = nn.LayerNorm(d), nn.LayerNorm(d)", "            blk.attn_norm = nn.LayerNorm(d)", ['tests/test_bench.py::test_ablated_baselines_swap_what_they_say']),
 ]

@@ -188,10 +188,10 @@ def test_every_planted_bug_still_finds_its_line():
     """Each entry of tests/mutation_check.py names text that its file still holds, so the slow tier's
     check plants every bug instead of stopping at the first entry a later change left stale. While a
     bug is planted this test fails too, so the check leaves it out by its id, which must stay this test's."""
-    from mutation_check import M
+    from mutation_check import STALE_GUARD, M
     root = Path(__file__).resolve().parent.parent
     stale = [name for name, path, text, _, _ in M if text not in (root / path).read_text()]
     assert not stale, f"mutation entries whose text is no longer in their file (update them): {stale}"
-    from mutation_check import STALE_GUARD                # each planted run leaves this test out by that id:
     path, name = STALE_GUARD.split('::')                  # pytest ignores a --deselect that names nothing
-    assert (root / path).resolve() == Path(__file__).resolve() and name == test_every_planted_bug_still_finds_its_line.__name__
+    assert (root / path).resolve() == Path(__file__).resolve()
+    assert name == test_every_planted_bug_still_finds_its_line.__name__
