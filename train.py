@@ -67,7 +67,7 @@ def lr_at(cfg: TrainConfig, it: int, base_lr: float, max_iters: int) -> float:
 def fused_adamw(device) -> bool:
     """Whether torch has a fused AdamW kernel (one call per parameter group, no Python loop over the
     parameters) for `device`: CUDA, and CPU from torch 2.4. On CPU it makes the quick start's autoencoder steps about
-    4-6% faster and CALM's 1-3% (README, *Fused AdamW on CPU*)."""
+    4-6% faster and CALM's 1-3% (docs/throughput.md, *Fused AdamW on CPU*)."""
     return device.type == 'cuda' or (device.type == 'cpu' and torch.__version__ >= (2, 4))
 
 

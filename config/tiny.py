@@ -2,7 +2,7 @@
 # CALM (stage 2), then prints samples; `--model=gpt` trains the discrete baseline with the same
 # backbone on the same data. BPE vocabulary 1024 rather than 4096: at this budget (about one pass
 # over the 3.4M training tokens) every token of a 1024 vocabulary is seen often enough for the
-# autoencoder to pass 99.9% reconstruction; see the README's autoencoder notes.
+# autoencoder to pass 99.9% reconstruction; see docs/results.md, *Stage 1*.
 model = 'calm'
 out_dir = 'out/tiny'
 vocab_size = 1024

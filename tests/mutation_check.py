@@ -9,7 +9,7 @@ meanwhile:
 
 Each entry: id and what the bug is, the file, the exact text replaced, its replacement, the tests.
 A bug no test caught is a test to write: the entries after the first ten came from seven sweeps
-that found 125 such gaps (README, *Testing*).
+that found 125 such gaps (docs/testing.md).
 """
 import subprocess
 import sys
