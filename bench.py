@@ -511,9 +511,9 @@ def ablation_table(r: dict, dtype: str) -> str:
     by_round = r['ratios_by_round']
     cell = lambda name: (f"{by_round[name]['median']:.3f} [{by_round[name]['lowest']:.3f}, "
                          f"{by_round[name]['highest']:.3f}]" if name in by_round else '1')
+    ref, base = f'reference_{dtype}', f'gpt_{dtype}'
     lines = [f"ablation, {dtype}: tokens/s | x reference | x baseline (median round [lowest, highest])"]
     for k, tps in r['train_tokens_per_s'].items():
-        ref, base = f'reference_{dtype}', f'gpt_{dtype}'
         lines.append(f"{k.removesuffix('_' + dtype):24s} {tps:8.0f} | {cell(f'{k}_over_{ref}')} | "
                      f"{cell(f'{k}_over_{base}') if k != ref else '-'}")
     return '\n'.join(lines)

@@ -10,7 +10,6 @@ position of a block in parallel).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -215,10 +214,12 @@ class Attention(nn.Module):
         is_causal = mask is None and T > 1
         if cache is not None:  # attention runs in the cache's dtype (`device.decode_cache_dtype`)
             k, v, mask, is_causal = cache.update(layer, k, v, mask)                               # (B, H, S, hd)
-        f32 = _float32_attention(q)
-        dt = torch.float32 if f32 else k.dtype
-        with torch.autocast('cpu', enabled=False) if f32 else contextlib.nullcontext():
-            y = F.scaled_dot_product_attention(q.to(dt), k.to(dt), v.to(dt), attn_mask=mask,
+        if _float32_attention(q):
+            with torch.autocast('cpu', enabled=False):
+                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                                   is_causal=is_causal)                           # (B, H, T, hd)
+        else:
+            y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask,
                                                is_causal=is_causal)                               # (B, H, T, hd)
         return self.proj(y.to(q.dtype).transpose(1, 2).reshape(B, T, C))
 

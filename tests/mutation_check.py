@@ -266,8 +266,8 @@ M = [
  ('E9 no zero-distance guard', 'calm_min/energy_head.py', "w = torch.where(d > 0, grad / d, 0.0)", "w = grad / d", ['tests/test_energy.py']),
  ('E10 both terms through the expansion', 'calm_min/energy_head.py', "diversity = _pow_dist(torch.cdist(x, x, compute_mode=exact), alpha)", "diversity = _pow_dist(_Distances.apply(x, x), alpha)", ['tests/test_energy.py', 'tests/test_calm.py']),
  # written with their code (session 17): float32 attention for CPU autocast training
- ('A1 float32 attention in evaluation too', 'calm_min/backbone.py', "return q.device.type == 'cpu' and torch.is_grad_enabled() and torch.is_autocast_enabled('cpu')", "return q.device.type == 'cpu' and torch.is_autocast_enabled('cpu')", ['tests/test_backbone.py']),
- ('A2 bf16 attention in training', 'calm_min/backbone.py', "return q.device.type == 'cpu' and torch.is_grad_enabled() and torch.is_autocast_enabled('cpu')", "return False", ['tests/test_backbone.py']),
+ ('AT1 float32 attention in evaluation too', 'calm_min/backbone.py', "return q.device.type == 'cpu' and torch.is_grad_enabled() and torch.is_autocast_enabled('cpu')", "return q.device.type == 'cpu' and torch.is_autocast_enabled('cpu')", ['tests/test_backbone.py']),
+ ('AT2 bf16 attention in training', 'calm_min/backbone.py', "return q.device.type == 'cpu' and torch.is_grad_enabled() and torch.is_autocast_enabled('cpu')", "return False", ['tests/test_backbone.py']),
  # written with their code (session 18): bench.py's ablation of the Llama-style layers
  ('BN16 over-the-baseline ratios inverted', 'bench.py', "pairs[f'{k}_over_{also_over}'] = (k, also_over)", "pairs[f'{k}_over_{also_over}'] = (also_over, k)", ['tests/test_bench.py::test_training_figures_also_over_the_baseline_by_hand']),
  ('BN17 rope_off leaves RoPE off', 'bench.py', "        backbone_module.rope = saved\n", "        pass\n", ['tests/test_bench.py::test_learned_positions_carry_the_order_without_rope']),
