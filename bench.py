@@ -24,6 +24,8 @@ generation: tokens/s at batch --gen_batch for the reference without a KV cache (
   'weight_read_ms' times reading each model's step weights once on this machine (their bytes, summed
   as one buffer), and 'measured_weight_bound_speedup' is the weight bound from those times: it
   differs from the parameter count's where one model's weights fit a cache and the other's do not.
+  Rounds alternate the variants (--repeats rounds, the best of each kept); 'ratios_by_round' gives
+  the speedups round by round too (median, lowest, highest), as for training below.
   --dtype picks the dtype of all three models' weights (bfloat16: cast, no autocast). With the
   compiled step at batch 1 on a CPU, 'calm_compiled_ms' sets the whole step beside its parts compiled
   and timed apart.
@@ -247,14 +249,15 @@ def bench_generation(bench, cfg, device, gpt, calm, ref):
     res = {'dtype': str(dtype).removeprefix('torch.')}
     for fn in runs.values():                                      # warm-up (and compilation), untimed
         fn(torch.Generator(device=device).manual_seed(0))
-    best = {name: float('inf') for name in runs}
+    rounds = {name: [] for name in runs}
     for r in range(bench.repeats):                                 # rounds alternate the variants
         for name, fn in runs.items():
-            best[name] = min(best[name], seconds(fn, device, r))
+            rounds[name].append(seconds(fn, device, r))
+    best = {name: min(t) for name, t in rounds.items()}
     w = params_read_per_step(gpt, calm)
     read_ms = {m: weight_read_ms(w[m], dtype, device) for m in ('gpt', 'calm')}
     res['seconds'] = best                                          # each variant's best, for B x n tokens
-    res.update(generation_figures(best, B * n, K, w, read_ms))
+    res.update(generation_figures(best, B * n, K, w, read_ms, rounds))
     if bench.gen_compile and B == 1 and device.type == 'cpu':   # the weight-read question: batch 1, on a
         res['calm_compiled_ms'] = compiled_parts_apart(calm, B, device, bench.repeats)  # CPU's caches (5 compilations)
     # where CALM's time goes: one eager generate() with a timer around each part it calls (instance
@@ -282,12 +285,17 @@ def bench_generation(bench, cfg, device, gpt, calm, ref):
     return res
 
 
-def generation_figures(best: dict, tokens: int, K: int, w: dict, read_ms: dict) -> dict:
+def generation_figures(best: dict, tokens: int, K: int, w: dict, read_ms: dict,
+                       rounds: dict | None = None) -> dict:
     """bench_generation's figures from the best seconds of each variant ('reference_nocache', 'gpt',
     'calm', and where timed '{gpt,calm}_compiled' and '{gpt,calm}_cudagraphs') for `tokens` generated
     tokens (batch x new tokens): tokens/s, speedups over the no-cache reference, CALM's speedup over
     the baseline, and that speedup against the weight-read bounds (`params_read_per_step` counts
-    `w`, `weight_read_ms` times `read_ms`). All a ratio of times measured in the same run."""
+    `w`, `weight_read_ms` times `read_ms`). All a ratio of times measured in the same run. With
+    `rounds` (each variant's seconds in every round), 'ratios_by_round' gives the speedups over the
+    reference and CALM's over the baseline round by round (median, lowest, highest): a compiled run
+    lasts a tenth of a second and the reference's seconds, so on a machine whose load comes and goes
+    the best of a few short runs can catch a quiet moment that no run of the reference does."""
     res = {f'{name}_tokens_per_s': tokens / t for name, t in best.items()}
     res.update({f'{name}_over_reference': best['reference_nocache'] / t for name, t in best.items()
                 if name != 'reference_nocache'})
@@ -305,7 +313,20 @@ def generation_figures(best: dict, tokens: int, K: int, w: dict, read_ms: dict) 
         res['speedup_cudagraphs'] = best['gpt_cudagraphs'] / best['calm_cudagraphs']
         res['cudagraphs_over_compiled'] = {m: best[f'{m}_compiled'] / best[f'{m}_cudagraphs']
                                            for m in ('gpt', 'calm')}
+    if rounds:
+        pairs = {f'{name}_over_reference': (name, 'reference_nocache') for name in best if name != 'reference_nocache'}
+        pairs['speedup'] = ('calm', 'gpt')
+        for how in ('compiled', 'cudagraphs'):
+            if f'calm_{how}' in best:
+                pairs[f'speedup_{how}'] = (f'calm_{how}', f'gpt_{how}')
+        res['ratios_by_round'] = {name: by_round(rounds[ref], rounds[k]) for name, (k, ref) in pairs.items()}
     return res
+
+
+def by_round(ref: list, variant: list) -> dict:
+    """The ratio ref / variant of each round's seconds: median, lowest, highest, and how many rounds."""
+    r = [a / b for a, b in zip(ref, variant, strict=True)]
+    return {'median': statistics.median(r), 'lowest': min(r), 'highest': max(r), 'rounds': len(r)}
 
 
 def compiled_parts_apart(calm, B: int, device, rounds: int) -> dict:
@@ -415,11 +436,7 @@ def training_figures(best: dict, tokens: dict, rounds: dict | None = None, also_
     out = {'train_tokens_per_s': {k: tokens[k] / t for k, t in best.items()},
            'ratios': {name: best[ref] / best[k] for name, (k, ref) in pairs.items()}}
     if rounds:
-        out['ratios_by_round'] = {}
-        for name, (k, ref) in pairs.items():
-            r = [a / b for a, b in zip(rounds[ref], rounds[k], strict=True)]
-            out['ratios_by_round'][name] = {'median': statistics.median(r), 'lowest': min(r), 'highest': max(r),
-                                            'rounds': len(r)}
+        out['ratios_by_round'] = {name: by_round(rounds[ref], rounds[k]) for name, (k, ref) in pairs.items()}
     return out
 
 

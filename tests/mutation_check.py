@@ -188,7 +188,7 @@ M = [
  ('DV4 --compile=auto never compiles', 'calm_min/device.py', "(choice == 'auto' and device.type == 'cuda')", "False", [DEVICE]),
  ('DV5 bf16 KV cache on CPU', 'calm_min/device.py', "return torch.float32 if device.type == 'cpu' else dtype", "return dtype", [DEVICE]),
  ('DV6 CPU bf16 needs both capabilities', 'calm_min/device.py', "return any(f() for f in probe)", "return all(f() for f in probe)", [DEVICE]),
- ('BN1 generation tokens/s without the batch', 'bench.py', "res.update(generation_figures(best, B * n, K, w, read_ms))", "res.update(generation_figures(best, n, K, w, read_ms))", ['tests/test_bench.py::test_generation_and_training_report']),
+ ('BN1 generation tokens/s without the batch', 'bench.py', "res.update(generation_figures(best, B * n, K, w, read_ms, rounds))", "res.update(generation_figures(best, n, K, w, read_ms, rounds))", ['tests/test_bench.py::test_generation_and_training_report']),
  ('BN2 training ratios inverted', 'bench.py', "'ratios': {name: best[ref] / best[k] for name", "'ratios': {name: best[k] / best[ref] for name", BENCH_FIGURES),
  ('BN3 CALM over baseline inverted', 'bench.py', "res['speedup'] = best['gpt'] / best['calm']", "res['speedup'] = best['calm'] / best['gpt']", BENCH_FIGURES),
  ('BN4 speedups over the reference inverted', 'bench.py', "best['reference_nocache'] / t for name", "t / best['reference_nocache'] for name", BENCH_FIGURES),
@@ -257,7 +257,7 @@ M = [
  ('CF11 eval bootstrap 1 accepted', 'calm_min/config.py', 'if self.bootstrap < 2:', 'if False:', ['tests/test_config.py::test_eval_and_sample_flags_are_checked_at_the_start']),
  ('CF12 eval max_blocks < 0 accepted', 'calm_min/config.py', 'if self.max_blocks < 0:', 'if False:', ['tests/test_config.py::test_eval_and_sample_flags_are_checked_at_the_start']),
  # written with their code (session 17): bench.py's training ratios round by round
- ('BN14 ratios by round inverted', 'bench.py', "r = [a / b for a, b in zip(rounds[ref], rounds[k], strict=True)]", "r = [b / a for a, b in zip(rounds[ref], rounds[k], strict=True)]", ['tests/test_bench.py::test_training_ratios_by_round_by_hand']),
+ ('BN14 ratios by round inverted', 'bench.py', "r = [a / b for a, b in zip(ref, variant, strict=True)]", "r = [b / a for a, b in zip(ref, variant, strict=True)]", ['tests/test_bench.py::test_training_ratios_by_round_by_hand', 'tests/test_bench.py::test_generation_ratios_by_round_by_hand']),
  ('BN15 rounds left out of the training report', 'bench.py', "res = training_figures(best, {k: step.tokens for k, step in steps.items()}, rounds)", "res = training_figures(best, {k: step.tokens for k, step in steps.items()})", ['tests/test_bench.py::test_generation_and_training_report']),
  # written with their code (session 17): the sample-target distances through matrix products
  ('E6 distances under autocast', 'calm_min/energy_head.py', "        with torch.autocast(x.device.type, enabled=False):\n            sq =", "        if True:\n            sq =", ['tests/test_energy.py']),
@@ -274,6 +274,9 @@ M = [
  ('BN18 learned positions with RoPE still on', 'bench.py', "        m.backbone.forward = rope_off()(m.backbone.forward)\n", "", ['tests/test_bench.py::test_learned_positions_carry_the_order_without_rope']),
  ('BN19 the GELU MLP not swapped in', 'bench.py', "        if 'mlp' in swaps:\n", "        if False:\n", ['tests/test_bench.py::test_ablated_baselines_swap_what_they_say']),
  ('BN20 ablation without the norm swap', 'bench.py', "            blk.attn_norm, blk.mlp.norm = nn.LayerNorm(d), nn.LayerNorm(d)", "            blk.attn_norm = nn.LayerNorm(d)", ['tests/test_bench.py::test_ablated_baselines_swap_what_they_say']),
+ # written with their code (session 20): bench.py's generation ratios round by round
+ ('BN21 rounds left out of the generation report', 'bench.py', "res.update(generation_figures(best, B * n, K, w, read_ms, rounds))", "res.update(generation_figures(best, B * n, K, w, read_ms))", ['tests/test_bench.py::test_generation_and_training_report']),
+ ('BN22 CALM over the baseline by round inverted', 'bench.py', "pairs['speedup'] = ('calm', 'gpt')", "pairs['speedup'] = ('gpt', 'calm')", ['tests/test_bench.py::test_generation_ratios_by_round_by_hand']),
 ]
 
 if __name__ == '__main__':

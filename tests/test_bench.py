@@ -21,6 +21,9 @@ def test_generation_and_training_report(capsys):
     assert gen['gpt_tokens_per_s'] > 0 and gen['calm_tokens_per_s'] > 0 and gen['reference_nocache_tokens_per_s'] > 0
     assert all(gen[f'{m}_tokens_per_s'] == pytest.approx(2 * 8 / t) for m, t in gen['seconds'].items())  # batch 2
     assert abs(sum(gen['calm_time_share'].values()) - 1) < 0.01
+    assert set(gen['ratios_by_round']) == {'gpt_over_reference', 'calm_over_reference', 'speedup'}
+    assert all(r['rounds'] == 1 for r in gen['ratios_by_round'].values())          # --repeats=1
+    assert gen['ratios_by_round']['speedup']['median'] == pytest.approx(gen['speedup'])
     ms = gen['weight_read_ms']
     assert ms['gpt'] > 0 and ms['calm'] > 0
     assert gen['measured_weight_bound_speedup'] == pytest.approx(rep['sizes']['chunk_size'] * ms['gpt'] / ms['calm'])
@@ -139,6 +142,27 @@ def test_generation_figures_by_hand():
     eager = bench.generation_figures({k: best[k] for k in ('reference_nocache', 'gpt', 'calm')}, 512, 4,
                                      {'gpt': 1000, 'calm': 500}, {'gpt': 2.0, 'calm': 1.6})
     assert 'speedup_compiled' not in eager and 'speedup_cudagraphs' not in eager
+
+
+def test_generation_ratios_by_round_by_hand():
+    """Round by round, each variant's time over the reference's in the same round, and CALM's over the
+    baseline's (eager, compiled): median, lowest, highest. Here the compiled CALM's best time (0.1)
+    comes from the round in which the reference was slow, so the best-time ratio (40) is twice the
+    median round's (20)."""
+    rounds = {'reference_nocache': [8.0, 4.0, 4.0], 'gpt': [2.0, 1.0, 2.0], 'calm': [1.0, 0.5, 0.5],
+              'gpt_compiled': [0.5, 0.4, 0.4], 'calm_compiled': [0.4, 0.2, 0.1]}
+    best = {k: min(v) for k, v in rounds.items()}
+    r = bench.generation_figures(best, 256, 4, {'gpt': 1000, 'calm': 500}, {'gpt': 2.0, 'calm': 1.6}, rounds)
+    assert r['calm_compiled_over_reference'] == 40
+    q = r['ratios_by_round']
+    assert set(q) == {'gpt_over_reference', 'calm_over_reference', 'gpt_compiled_over_reference',
+                      'calm_compiled_over_reference', 'speedup', 'speedup_compiled'}
+    assert q['calm_compiled_over_reference'] == {'median': 20.0, 'lowest': 20.0, 'highest': 40.0, 'rounds': 3}
+    assert q['gpt_over_reference'] == {'median': 4.0, 'lowest': 2.0, 'highest': 4.0, 'rounds': 3}
+    assert q['speedup'] == {'median': 2.0, 'lowest': 2.0, 'highest': 4.0, 'rounds': 3}
+    assert q['speedup_compiled'] == {'median': 2.0, 'lowest': 1.25, 'highest': 4.0, 'rounds': 3}
+    assert 'ratios_by_round' not in bench.generation_figures(best, 256, 4, {'gpt': 1000, 'calm': 500},
+                                                            {'gpt': 2.0, 'calm': 1.6})
 
 
 def test_training_figures_by_hand():
