@@ -74,11 +74,11 @@ def test_calm_uses_more_than_the_last_chunk():
 @pytest.mark.slow
 def test_every_planted_bug_is_caught():
     """tests/mutation_check.py plants each of its bugs one at a time (restoring the code after each) and
-    exits non-zero if the tests named for it miss any (about 30 minutes on 2 cores: 33 min for 206 entries)."""
+    exits non-zero if the tests named for it miss any (about 30 minutes on 2 cores: 32 min for 208 entries)."""
     from mutation_check import M
     r = subprocess.run([sys.executable, str(ROOT / 'tests' / 'mutation_check.py')], cwd=ROOT,
                        capture_output=True, text=True, timeout=3600)
-    assert r.returncode == 0 and r.stdout.count('CAUGHT') == len(M) >= 206, r.stdout + r.stderr
+    assert r.returncode == 0 and r.stdout.count('CAUGHT') == len(M) >= 208, r.stdout + r.stderr
 
 
 def test_bench_compiled_paths(compiler):
