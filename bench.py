@@ -293,9 +293,10 @@ def generation_figures(best: dict, tokens: int, K: int, w: dict, read_ms: dict,
     the baseline, and that speedup against the weight-read bounds (`params_read_per_step` counts
     `w`, `weight_read_ms` times `read_ms`). All a ratio of times measured in the same run. With
     `rounds` (each variant's seconds in every round), 'ratios_by_round' gives the speedups over the
-    reference and CALM's over the baseline round by round (median, lowest, highest): a compiled run
-    lasts a tenth of a second and the reference's seconds, so on a machine whose load comes and goes
-    the best of a few short runs can catch a quiet moment that no run of the reference does."""
+    reference and CALM's over the baseline round by round (median, lowest, highest): at the tiny sizes
+    on a CPU a compiled run lasts a tenth of a second and the reference's seconds, so on a machine whose
+    load comes and goes the best of a few short runs can catch a quiet moment that no run of the
+    reference does."""
     res = {f'{name}_tokens_per_s': tokens / t for name, t in best.items()}
     res.update({f'{name}_over_reference': best['reference_nocache'] / t for name, t in best.items()
                 if name != 'reference_nocache'})
