@@ -8,6 +8,7 @@ the weights.
     python bench.py config/tiny.py --what=profile     # torch.profiler: training steps, compiled decoding steps
     python bench.py config/tiny.py --what=ablation --train_dtypes=float32 --repeats=20 --train_steps=3
     python bench.py config/gpu_small.py --what=generation --device=cpu --dtype=float32
+    python bench.py config/tiny.py --what=generation --dtype=bfloat16 --gen_ref_dtype=float32
 
 Every figure is set beside `Reference`, a plain GPT-2-style model written here in the manner of
 nanoGPT (LayerNorm, GELU MLP of width 4d, learned positions, biases, SDPA, tied head) with the
@@ -26,7 +27,8 @@ generation: tokens/s at batch --gen_batch for the reference without a KV cache (
   differs from the parameter count's where one model's weights fit a cache and the other's do not.
   Rounds alternate the variants (--repeats rounds, the best of each kept); 'ratios_by_round' gives
   the speedups round by round too (median, lowest, highest), as for training below.
-  --dtype picks the dtype of all three models' weights (bfloat16: cast, no autocast). With the
+  --dtype picks the dtype of all three models' weights (bfloat16: cast, no autocast), and
+  --gen_ref_dtype=float32 keeps the reference in float32 beside bf16 models. With the
   compiled step at batch 1 on a CPU, 'calm_compiled_ms' sets the whole step beside its parts compiled
   and timed apart.
   The CALM-only parts (compression, head, decoder) are a fixed cost per step, large beside a tiny
@@ -90,6 +92,7 @@ class BenchConfig:
     gen_tokens: int = 256          # new tokens per sequence
     gen_compile: bool = True       # also time the compiled decoding step
     gen_cudagraphs: str = 'auto'   # also time that step replayed as a CUDA graph: auto (on CUDA), true, false
+    gen_ref_dtype: str = ''        # the reference's weights in generation: float32, bfloat16 ('' = as --dtype)
     train_steps: int = 10          # training: timed steps per round (profile: steps profiled)
     train_dtypes: str = ''         # training: comma-separated float32 / bfloat16 ('' = the preset's --dtype)
     train_compile: str = 'auto'    # training: auto (as train.py), true, false, both
@@ -106,6 +109,9 @@ class BenchConfig:
             raise ConfigError(f"--profile must be training, decoding or both; got {self.profile!r}")
         if self.gen_cudagraphs not in ('auto', 'true', 'false'):
             raise ConfigError(f"--gen_cudagraphs must be auto, true or false; got {self.gen_cudagraphs!r}")
+        if self.gen_ref_dtype not in ('', 'float32', 'bfloat16'):
+            raise ConfigError(f"--gen_ref_dtype must be float32 or bfloat16 (or left out: as --dtype); "
+                              f"got {self.gen_ref_dtype!r}")
         if self.train_compile not in ('auto', 'true', 'false', 'both'):
             raise ConfigError(f"--train_compile must be auto, true, false or both; got {self.train_compile!r}")
         if self.what == 'ablation' and self.train_compile in ('true', 'both'):
@@ -232,9 +238,12 @@ def seconds(fn, device, seed: int) -> float:
 def bench_generation(bench, cfg, device, gpt, calm, ref):
     B, n, K = bench.gen_batch, bench.gen_tokens, cfg.chunk_size
     prompt = torch.zeros(B, K, dtype=torch.long, device=device)
-    dtype = resolve_dtype(device, cfg.dtype)       # --dtype: all three models' weights in this dtype
+    dtype = resolve_dtype(device, cfg.dtype)       # --dtype: the models' weights in this dtype
+    ref_dtype = resolve_dtype(device, bench.gen_ref_dtype) if bench.gen_ref_dtype else dtype  # and the reference's
     if dtype != torch.float32:
-        gpt, calm, ref = (copy.deepcopy(m).to(dtype) for m in (gpt, calm, ref))
+        gpt, calm = (copy.deepcopy(m).to(dtype) for m in (gpt, calm))
+    if ref_dtype != torch.float32:
+        ref = copy.deepcopy(ref).to(ref_dtype)
     runs = {'reference_nocache': lambda g: ref.generate(prompt, n, generator=g),
             'gpt': lambda g: gpt.generate(prompt, n, generator=g),
             'calm': lambda g: calm.generate(prompt, n, generator=g)}
@@ -246,7 +255,8 @@ def bench_generation(bench, cfg, device, gpt, calm, ref):
     if graphs:
         runs.update(gpt_cudagraphs=lambda g: gpt.generate(prompt, n, generator=g, compile='cudagraphs'),
                     calm_cudagraphs=lambda g: calm.generate(prompt, n, generator=g, compile='cudagraphs'))
-    res = {'dtype': str(dtype).removeprefix('torch.')}
+    res = {'dtype': str(dtype).removeprefix('torch.'),
+           'reference_dtype': str(next(ref.parameters()).dtype).removeprefix('torch.')}
     for fn in runs.values():                                      # warm-up (and compilation), untimed
         fn(torch.Generator(device=device).manual_seed(0))
     rounds = {name: [] for name in runs}

@@ -277,6 +277,8 @@ M = [
  # written with their code (session 20): bench.py's generation ratios round by round
  ('BN21 rounds left out of the generation report', 'bench.py', "res.update(generation_figures(best, B * n, K, w, read_ms, rounds))", "res.update(generation_figures(best, B * n, K, w, read_ms))", ['tests/test_bench.py::test_generation_and_training_report']),
  ('BN22 CALM over the baseline by round inverted', 'bench.py', "pairs['speedup'] = ('calm', 'gpt')", "pairs['speedup'] = ('gpt', 'calm')", ['tests/test_bench.py::test_generation_ratios_by_round_by_hand']),
+ ('BN23 --gen_ref_dtype ignored', 'bench.py', "ref_dtype = resolve_dtype(device, bench.gen_ref_dtype) if bench.gen_ref_dtype else dtype", "ref_dtype = dtype", ['tests/test_bench.py::test_generation_reference_dtype']),
+ ('BN24 the reference left in float32 under --dtype', 'bench.py', "    if ref_dtype != torch.float32:\n        ref = copy.deepcopy(ref).to(ref_dtype)\n", "", ['tests/test_bench.py::test_generation_reference_dtype']),
 ]
 
 if __name__ == '__main__':

@@ -1,5 +1,7 @@
 """bench.py at the test sizes: it runs, its weight accounting matches the configs, and the naive
 energy loss it compares memory against computes the same loss."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -117,9 +119,19 @@ def test_bench_flags_are_checked():
                       ('--train_compile=yes', 'train_compile must be auto, true, false or both'),
                       ('--what=speed', 'what must be all, generation'),
                       ('--what=ablations', 'profile or ablation; got'),
-                      ('--what=ablation --train_compile=both', 'ablation times eager steps only')):
+                      ('--what=ablation --train_compile=both', 'ablation times eager steps only'),
+                      ('--gen_ref_dtype=fp32', 'gen_ref_dtype must be float32 or bfloat16')):
         with pytest.raises(ConfigError, match=msg):
             bench_cfg(*flag.split())                          # parse_args validates
+
+
+def test_generation_reference_dtype(capsys):
+    """--dtype casts the reference with the models, unless --gen_ref_dtype keeps it apart (the report
+    reads each dtype off the weights that ran)."""
+    for extra, ref_dtype in (((), 'bfloat16'), (('--gen_ref_dtype=float32',), 'float32')):
+        bcfg, cfg = bench_cfg('--what=generation', '--gen_compile=false', *extra)
+        gen = bench.main(bcfg, dataclasses.replace(cfg, dtype='bfloat16'))['generation']
+        assert (gen['dtype'], gen['reference_dtype']) == ('bfloat16', ref_dtype)
 
 
 def test_generation_figures_by_hand():
