@@ -536,9 +536,9 @@ def bench_ablation(bench, cfg, device, gpt, ref):
 def ablation_table(r: dict, dtype: str) -> str:
     """One line per variant: tokens/s, and its ratio over the reference and over the baseline in the
     median round (the lowest and highest rounds in brackets)."""
-    by_round = r['ratios_by_round']
-    cell = lambda name: (f"{by_round[name]['median']:.3f} [{by_round[name]['lowest']:.3f}, "
-                         f"{by_round[name]['highest']:.3f}]" if name in by_round else '1')
+    q = r['ratios_by_round']                        # (not the by_round function above)
+    cell = lambda name: (f"{q[name]['median']:.3f} [{q[name]['lowest']:.3f}, "
+                         f"{q[name]['highest']:.3f}]" if name in q else '1')
     ref, base = f'reference_{dtype}', f'gpt_{dtype}'
     lines = [f"ablation, {dtype}: tokens/s | x reference | x baseline (median round [lowest, highest])"]
     for k, tps in r['train_tokens_per_s'].items():

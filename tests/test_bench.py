@@ -125,7 +125,7 @@ def test_bench_flags_are_checked():
             bench_cfg(*flag.split())                          # parse_args validates
 
 
-def test_generation_reference_dtype(capsys):
+def test_generation_reference_dtype():
     """--dtype casts the reference with the models, unless --gen_ref_dtype keeps it apart (the report
     reads each dtype off the weights that ran)."""
     for extra, ref_dtype in (((), 'bfloat16'), (('--gen_ref_dtype=float32',), 'float32')):
